@@ -1,0 +1,105 @@
+"""What one forward call needs to know about its sequences, and where their attention state lives.
+
+A forward call takes a *flat* batch: the new tokens of several sequences concatenated, `[N]`.
+`ForwardBatch` says which slice belongs to which sequence, where it starts, and whether that
+sequence runs sparse (DSA) or dense attention. Linear layers and experts work on all N tokens at
+once; attention works sequence by sequence against the cache.
+
+The cache stores, per layer and per token, exactly what MLA and the indexer need later
+(spec §3, §7.5, §8.4): the normalised KV latent `c` (kv_lora_rank), the rotated shared key `k_pe`
+(qk_rope_head_dim) and the indexer key (index_head_dim; kept as its exact FP8-dequantized value).
+`KVCache` is the small interface; `ContiguousCache` is the simple implementation used by
+`Transformer.forward` and `deepseek generate`. The engine supplies a paged one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .config import ModelConfig
+
+
+class KVCache(Protocol):
+    """Per-layer token storage for the sequences of a forward batch (indexed 0..B-1 in that batch).
+
+    Invariant: `load(layer, seq, end)` returns rows `[0, end)` exactly as written by `store`, so a
+    sequence's attention never depends on how its tokens were split across calls.
+    """
+
+    def store(self, layer: int, seq: int, start: int, latent: torch.Tensor, k_pe: torch.Tensor,
+              index_k: torch.Tensor | None) -> None:
+        """Write rows `[start, start + len)` for one sequence: latent [S, R], k_pe [S, Dr], index_k [S, Di]."""
+
+    def load(self, layer: int, seq: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rows `[0, end)` of one sequence: (latent [T, R], k_pe [T, Dr], index_k [T, Di] or None)."""
+
+
+@dataclass(frozen=True)
+class ForwardBatch:
+    """The layout of one flat forward call. Sequence i owns tokens `offsets[i]:offsets[i]+lengths[i]`."""
+
+    starts: tuple[int, ...]     # tokens already cached for each sequence (its first new position)
+    lengths: tuple[int, ...]    # new tokens of each sequence in this call
+    sparse: tuple[bool, ...]    # DSA (True) or dense MLA (False), per sequence
+    cache: KVCache
+
+    def __post_init__(self) -> None:
+        if not (len(self.starts) == len(self.lengths) == len(self.sparse)):
+            raise ValueError("starts, lengths and sparse must have one entry per sequence")
+        if any(n <= 0 for n in self.lengths) or any(p < 0 for p in self.starts):
+            raise ValueError("every sequence needs >= 1 new token and a non-negative start")
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.lengths)
+
+    def slices(self):
+        """Yield (seq, token slice in the flat batch, start position, new length)."""
+        offset = 0
+        for i, (start, length) in enumerate(zip(self.starts, self.lengths)):
+            yield i, slice(offset, offset + length), start, length
+            offset += length
+
+    def positions(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Absolute position of every flat token, [N] int64."""
+        return torch.cat([torch.arange(p, p + n) for p, n in zip(self.starts, self.lengths)]).to(device)
+
+    def last_token_indices(self) -> list[int]:
+        """Flat index of each sequence's last new token (where next-token logits are read)."""
+        ends, total = [], 0
+        for n in self.lengths:
+            total += n
+            ends.append(total - 1)
+        return ends
+
+
+class ContiguousCache:
+    """One preallocated `[batch, max_len, ...]` buffer per layer and kind. Simple and exact."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, num_layers: int,
+                 dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"):
+        self.max_len = max_len
+
+        def buf(width: int) -> list[torch.Tensor]:
+            return [torch.zeros(batch_size, max_len, width, dtype=dtype, device=device)
+                    for _ in range(num_layers)]
+
+        self.latent = buf(config.kv_lora_rank)
+        self.k_pe = buf(config.qk_rope_head_dim)
+        self.index_k = buf(config.index_head_dim) if config.has_indexer else None
+
+    def store(self, layer, seq, start, latent, k_pe, index_k) -> None:
+        end = start + latent.shape[0]
+        if end > self.max_len:
+            raise ValueError(f"cache holds {self.max_len} tokens per sequence; a write reaches {end}")
+        self.latent[layer][seq, start:end] = latent
+        self.k_pe[layer][seq, start:end] = k_pe
+        if self.index_k is not None and index_k is not None:
+            self.index_k[layer][seq, start:end] = index_k
+
+    def load(self, layer, seq, end):
+        index_k = self.index_k[layer][seq, :end] if self.index_k is not None else None
+        return self.latent[layer][seq, :end], self.k_pe[layer][seq, :end], index_k

@@ -1,0 +1,99 @@
+"""Block FP8 (e4m3) quantization: the checkpoint's weight format and the reference's activations.
+
+* Weights: `W` e4m3 `[out, in]` with `weight_scale_inv` fp32 `[ceil(out/128), ceil(in/128)]`.
+  Despite its name the scale is multiplied: `W_real[i, j] = W[i, j] · scale_inv[i//128, j//128]`.
+  Ragged edges (a 576-row weight) have a full scale row of their own.
+* Activations: one scale per contiguous group of 128 values along the last dim (spec §8.3),
+  a power of two when `scale_fmt == "ue8m0"`.
+
+CPU has no usable FP8 GEMM (spec ecosystem §1), so FP8 here is storage: we quantize, store, and
+dequantize to the compute dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+BLOCK = 128
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def scale_grid_shape(shape: tuple[int, ...], block: int = BLOCK) -> tuple[int, int]:
+    """Shape of `weight_scale_inv` for a 2-D weight of `shape`."""
+    out_features, in_features = shape
+    return _ceil_div(out_features, block), _ceil_div(in_features, block)
+
+
+def _pow2_ceil(s: torch.Tensor) -> torch.Tensor:
+    """Round positive scales up to a power of two (the UE8M0 scale format)."""
+    return torch.exp2(torch.ceil(torch.log2(s)))
+
+
+def _blocked(w: torch.Tensor, block: int) -> tuple[torch.Tensor, int, int]:
+    """Zero-pad a 2-D tensor to whole blocks and view it as [rows, block, cols, block]."""
+    n, k = w.shape
+    rows, cols = _ceil_div(n, block), _ceil_div(k, block)
+    padded = torch.zeros(rows * block, cols * block, dtype=torch.float32, device=w.device)
+    padded[:n, :k] = w
+    return padded.view(rows, block, cols, block), n, k
+
+
+def quantize_weight(w: torch.Tensor, scale_fmt: str | None = "ue8m0",
+                    block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16/fp32 `[out, in]` -> (e4m3 weight `[out, in]`, fp32 scale_inv `[ceil(out/b), ceil(in/b)]`)."""
+    blocks, n, k = _blocked(w.float(), block)
+    amax = blocks.abs().amax(dim=(1, 3)).clamp_min(1e-4)
+    scale = amax / FP8_MAX
+    if scale_fmt == "ue8m0":
+        scale = _pow2_ceil(scale)
+    q = (blocks / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    q = q.view(blocks.shape[0] * block, blocks.shape[2] * block)[:n, :k].contiguous()
+    return q, scale.contiguous()
+
+
+def dequantize_weight(w: torch.Tensor, scale_inv: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
+                      block: int = BLOCK) -> torch.Tensor:
+    """e4m3 `[out, in]` + scale_inv -> `dtype` `[out, in]`; works for ragged shapes."""
+    n, k = w.shape
+    if tuple(scale_inv.shape) != scale_grid_shape((n, k), block):
+        raise ValueError(f"scale_inv shape {tuple(scale_inv.shape)} does not match weight {(n, k)}: "
+                         f"expected {scale_grid_shape((n, k), block)}")
+    out = torch.empty(n, k, dtype=dtype, device=w.device)
+    # One row band at a time keeps the fp32 temporary to 128 rows of the weight.
+    for r in range(scale_inv.shape[0]):
+        rows = slice(r * block, min((r + 1) * block, n))
+        band = w[rows].float()
+        s = scale_inv[r].float().repeat_interleave(block)[:k]
+        out[rows] = (band * s).to(dtype)
+    return out
+
+
+def quantize_activation(x: torch.Tensor, scale_fmt: str | None = "ue8m0",
+                        block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """`act_quant`: x [..., K] (K % block == 0) -> (e4m3 [..., K], fp32 scales [..., K/block])."""
+    k = x.shape[-1]
+    if k % block:
+        raise ValueError(f"activation width {k} is not a multiple of {block}")
+    groups = x.float().reshape(*x.shape[:-1], k // block, block)
+    scale = groups.abs().amax(dim=-1).clamp_min(1e-4) / FP8_MAX
+    if scale_fmt == "ue8m0":
+        scale = _pow2_ceil(scale)
+    q = (groups / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q.reshape(x.shape), scale
+
+
+def dequantize_activation(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+                          block: int = BLOCK) -> torch.Tensor:
+    groups = q.float().reshape(*q.shape[:-1], q.shape[-1] // block, block)
+    return (groups * scale[..., None]).reshape(q.shape).to(dtype)
+
+
+def fake_quantize_activation(x: torch.Tensor, scale_fmt: str | None = "ue8m0") -> torch.Tensor:
+    """Quantize then dequantize: the value an FP8 cache or FP8 GEMM input would really hold."""
+    q, s = quantize_activation(x, scale_fmt)
+    return dequantize_activation(q, s, x.dtype)

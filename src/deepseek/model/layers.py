@@ -1,0 +1,80 @@
+"""Small building blocks shared by every mechanism: norms, the (optionally FP8-resident) linear, the MLP.
+
+`Linear.quantized` marks the weights that the official checkpoint stores as block FP8 (spec §10).
+By default the loader dequantizes them once to the compute dtype (CPU has no usable FP8 GEMM); with
+`fp8_resident=True` the weight stays e4m3 with its `weight_scale_inv` and is dequantized per call.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fp8 import FP8, dequantize_weight
+
+
+class RMSNorm(nn.Module):
+    """`w ⊙ x / sqrt(mean(x²) + eps)` in fp32, cast back to the input dtype. Weight held in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight).to(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with weight and bias, fp32 compute (the indexer's k_norm; not an RMSNorm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.bias = nn.Parameter(torch.zeros(dim, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), self.bias.float(), self.eps)
+        return y.to(x.dtype)
+
+
+class Linear(nn.Module):
+    """y = x Wᵀ with W `[out, in]`. `weight_scale_inv` exists only while the weight is FP8-resident."""
+
+    def __init__(self, in_features: int, out_features: int, quantized: bool = True,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.quantized = quantized
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype))
+        self.weight_scale_inv: nn.Parameter | None = None
+
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        w = self.weight
+        if w.dtype == FP8:
+            return dequantize_weight(w, self.weight_scale_inv, dtype)
+        return w if w.dtype == dtype else w.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized_weight(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}->{self.out_features}, quantized={self.quantized}"
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`, the product taken in fp32 (spec §9.2)."""
+
+    def __init__(self, dim: int, inter_dim: int, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.gate_proj = Linear(dim, inter_dim, dtype=dtype)
+        self.up_proj = Linear(dim, inter_dim, dtype=dtype)
+        self.down_proj = Linear(inter_dim, dim, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, dim] -> [N, dim]
+        h = F.silu(self.gate_proj(x).float()) * self.up_proj(x).float()
+        return self.down_proj(h.to(x.dtype))

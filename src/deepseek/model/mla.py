@@ -1,0 +1,151 @@
+"""Multi-head Latent Attention with DeepSeek Sparse Attention (spec §7, §8).
+
+Every token is compressed to a latent `c` (kv_lora_rank) plus one shared rotary key `k_pe`; only
+those are cached. Attention has two equivalent forms:
+
+* **expanded** (prefill, S > 1): up-project the cached latents to per-head keys and values with
+  `kv_b_proj` and run ordinary multi-head attention;
+* **absorbed** (decode, S == 1): fold `W_UK` into the query and `W_UV` into the output, so each head
+  attends directly over the 576-wide cached rows (MQA form). With DSA it gathers only the
+  `index_topk` rows the indexer picked: O(index_topk) per step, whatever the context.
+
+Both use `softmax_scale = qk_head_dim^-0.5 · mscale²` (YaRN). Sparse equals dense whenever the
+context is ≤ index_topk, because then every visible key is selected.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .cache import ForwardBatch
+from .config import ModelConfig
+from .fp8 import fake_quantize_activation
+from .indexer import Indexer
+from .layers import Linear, RMSNorm
+from .rope import rotate_interleaved
+
+# Query rows per chunk in the expanded form, so [rows, H, T] scores stay near this many floats.
+_SCORE_BUDGET = 1 << 24
+
+
+class MLA(nn.Module):
+    """HF names: `self_attn.{q_a_proj, q_a_layernorm, q_b_proj, kv_a_proj_with_mqa, kv_a_layernorm,
+    kv_b_proj, o_proj, indexer}`."""
+
+    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads = config.num_attention_heads
+        self.nope_dim, self.rope_dim = config.qk_nope_head_dim, config.qk_rope_head_dim
+        self.v_dim, self.kv_rank = config.v_head_dim, config.kv_lora_rank
+        self.softmax_scale = config.softmax_scale
+        q = config.quantization_config
+        self.scale_fmt = q.scale_fmt if q is not None else "ue8m0"
+        # Tokens beyond this many visible keys make the indexer matter; at or below it, DSA == dense.
+        self.index_topk = config.index_topk
+        # Tests set this to run the indexer even when it cannot change the result.
+        self.force_indexer = False
+        d, qk = config.hidden_size, config.qk_head_dim
+        if config.q_lora_rank is None:
+            self.q_proj = Linear(d, self.n_heads * qk, dtype=dtype)
+        else:
+            self.q_a_proj = Linear(d, config.q_lora_rank, dtype=dtype)
+            self.q_a_layernorm = RMSNorm(config.q_lora_rank, config.rms_norm_eps)
+            self.q_b_proj = Linear(config.q_lora_rank, self.n_heads * qk, dtype=dtype)
+        self.kv_a_proj_with_mqa = Linear(d, self.kv_rank + self.rope_dim, dtype=dtype)
+        self.kv_a_layernorm = RMSNorm(self.kv_rank, config.rms_norm_eps)
+        self.kv_b_proj = Linear(self.kv_rank, self.n_heads * (self.nope_dim + self.v_dim), dtype=dtype)
+        self.o_proj = Linear(self.n_heads * self.v_dim, d, dtype=dtype)
+        self.indexer = Indexer(config, dtype) if config.has_indexer else None
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+        """x: [N, D] (attn_norm output of a flat batch) -> [N, D]."""
+        n = x.shape[0]
+        # Shared front part: queries, the latent and the rotary key of every new token.
+        if hasattr(self, "q_proj"):
+            qr, q = None, self.q_proj(x)
+        else:
+            qr = self.q_a_layernorm(self.q_a_proj(x))                         # [N, q_lora_rank]
+            q = self.q_b_proj(qr)
+        q = q.view(n, self.n_heads, self.nope_dim + self.rope_dim)
+        q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
+        q_pe = rotate_interleaved(q_pe, cos, sin)                              # [N, H, Dr]
+        latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope_dim], dim=-1)
+        # The final reference round-trips the latent through FP8 to match its FP8 KV cache.
+        latent = fake_quantize_activation(self.kv_a_layernorm(latent), self.scale_fmt)  # [N, R]
+        k_pe = rotate_interleaved(k_pe, cos, sin)                              # [N, Dr]
+        index_k = self.indexer.keys(x, cos, sin) if self.indexer is not None else None
+
+        out = torch.empty(n, self.n_heads, self.v_dim, dtype=x.dtype, device=x.device)
+        for seq, sl, start, length in batch.slices():
+            ik = index_k[sl] if index_k is not None else None
+            batch.cache.store(self.layer_id, seq, start, latent[sl], k_pe[sl], ik)
+            c_all, pe_all, ik_all = batch.cache.load(self.layer_id, seq, start + length)
+            topk = None
+            if batch.sparse[seq] and self._needs_index(start + length):
+                topk = self.indexer.select(x[sl], qr[sl], ik_all, start, cos[sl], sin[sl])
+            if length == 1:
+                out[sl] = self._absorbed(q_nope[sl], q_pe[sl], c_all, pe_all, start, topk)
+            else:
+                out[sl] = self._expanded(q_nope[sl], q_pe[sl], c_all, pe_all, start, topk)
+        return self.o_proj(out.view(n, -1))
+
+    def _needs_index(self, context: int) -> bool:
+        if self.indexer is None:
+            raise ValueError("this checkpoint has no lightning indexer: use dense attention")
+        return context > self.index_topk or self.force_indexer
+
+    def _visible(self, s_len: int, t_len: int, start: int, topk: torch.Tensor | None,
+                 device: torch.device) -> torch.Tensor:
+        """[S, T] bool: key t is visible to query s (causal, and selected by the indexer if sparse)."""
+        pos = start + torch.arange(s_len, device=device)
+        visible = torch.arange(t_len, device=device)[None, :] <= pos[:, None]
+        if topk is not None:
+            selected = torch.zeros(s_len, t_len, dtype=torch.bool, device=device)
+            selected.scatter_(1, topk, True)
+            visible &= selected
+        return visible
+
+    def _expanded(self, q_nope, q_pe, c, k_pe, start, topk):
+        """Prefill form. q_nope [S,H,Dn], q_pe [S,H,Dr], c [T,R], k_pe [T,Dr] -> [S,H,Dv]."""
+        s_len, t_len = q_nope.shape[0], c.shape[0]
+        kv = self.kv_b_proj(c).view(t_len, self.n_heads, self.nope_dim + self.v_dim)
+        k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
+        visible = self._visible(s_len, t_len, start, topk, c.device)
+        out = torch.empty(s_len, self.n_heads, self.v_dim, dtype=q_nope.dtype, device=c.device)
+        rows = max(1, _SCORE_BUDGET // max(1, self.n_heads * t_len))
+        for r in range(0, s_len, rows):
+            scores = (torch.einsum("shd,thd->sht", q_nope[r:r + rows], k_nope)
+                      + torch.einsum("shd,td->sht", q_pe[r:r + rows], k_pe)).float() * self.softmax_scale
+            scores.masked_fill_(~visible[r:r + rows, None, :], float("-inf"))
+            p = scores.softmax(dim=-1).to(v.dtype)
+            out[r:r + rows] = torch.einsum("sht,thd->shd", p, v)
+        return out
+
+    def _absorbed(self, q_nope, q_pe, c, k_pe, start, topk):
+        """Decode form (MQA over the latent). Same arguments and result as `_expanded`.
+
+        Sparse: gather only the selected rows, so the cost is O(index_topk), not O(T).
+        """
+        w = self.kv_b_proj.dequantized_weight(q_nope.dtype).view(
+            self.n_heads, self.nope_dim + self.v_dim, self.kv_rank)
+        w_uk, w_uv = w[:, :self.nope_dim], w[:, self.nope_dim:]            # [H, Dn, R], [H, Dv, R]
+        q_lat = torch.einsum("shd,hdr->shr", q_nope, w_uk)                # [S, H, R]
+        s_len = q_nope.shape[0]
+        if topk is None:
+            scores = torch.einsum("shr,tr->sht", q_lat, c) + torch.einsum("shd,td->sht", q_pe, k_pe)
+            visible = self._visible(s_len, c.shape[0], start, None, c.device)[:, None, :]
+        else:
+            c_sel, pe_sel = c[topk], k_pe[topk]                              # [S, k, R], [S, k, Dr]
+            scores = torch.einsum("shr,skr->shk", q_lat, c_sel) + torch.einsum("shd,skd->shk", q_pe, pe_sel)
+            pos = start + torch.arange(s_len, device=c.device)
+            visible = (topk <= pos[:, None])[:, None, :]
+        scores = scores.float() * self.softmax_scale
+        p = scores.masked_fill_(~visible, float("-inf")).softmax(dim=-1).to(c.dtype)
+        if topk is None:
+            o_lat = torch.einsum("sht,tr->shr", p, c)
+        else:
+            o_lat = torch.einsum("shk,skr->shr", p, c_sel)
+        return torch.einsum("shr,hvr->shv", o_lat, w_uv)                     # [S, H, Dv]
