@@ -177,8 +177,35 @@ def _only(kind: type, raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k in known}
 
 
+_NULLABLE = {"q_lora_rank", "index_n_heads", "index_head_dim", "index_topk"}
+
+
+def _type_problems(c: ModelConfig):
+    """Scalar fields must have the JSON type of their default (an int where an int is expected)."""
+    for f in dataclasses.fields(c):
+        value, default = getattr(c, f.name), f.default
+        if default is dataclasses.MISSING or default is None or (value is None and f.name in _NULLABLE):
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            yield f"{f.name} must be a {type(default).__name__}, got {value!r}"
+
+
 def _problems(c: ModelConfig):
     """Yield one message per inconsistency; an empty iteration means the config is usable."""
+    type_problems = list(_type_problems(c))
+    if type_problems:
+        yield from type_problems
+        return
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
         if getattr(c, name) <= 0:

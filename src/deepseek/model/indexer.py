@@ -90,11 +90,27 @@ class Indexer(nn.Module):
 
     def select(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor, start: int,
                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Top-k key positions per query, [S, min(index_topk, T)] int64.
+        """Top-k key positions per query, [S, min(index_topk, T)] int64, ascending.
 
         Early prefill rows have fewer than k visible keys; their surplus picks are future positions
         (score −inf), which the attention's causal mask removes again (spec §8.5).
         """
-        scores = self.scores(x, qr, keys, start, cos, sin)
-        k = min(self.index_topk, keys.shape[0])
-        return scores.topk(k, dim=-1, sorted=False).indices
+        return topk_positions(self.scores(x, qr, keys, start, cos, sin), min(self.index_topk, keys.shape[0]))
+
+
+def topk_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k best columns of each row of `scores` [S, T], ties broken towards later positions.
+
+    Exact ties are common: a key whose every head logit is negative scores exactly 0 after ReLU.
+    `torch.topk` breaks ties arbitrarily (and differently for different T), which would make a
+    decode step pick other keys than a full forward. Here: every key strictly above the k-th best
+    value, then the most recent keys tied with it.
+    """
+    kth = scores.topk(k, dim=-1).values.amin(dim=-1, keepdim=True)          # [S, 1]
+    above = scores > kth
+    ties = scores == kth
+    missing = k - above.sum(dim=-1, keepdim=True)
+    # Rank ties from the right, so the latest tied positions are taken first.
+    tie_rank = ties.flip(-1).cumsum(-1).flip(-1)
+    chosen = above | (ties & (tie_rank <= missing))
+    return chosen.nonzero()[:, 1].view(scores.shape[0], k)

@@ -1,0 +1,117 @@
+"""The lightning indexer against a naive, loop-based implementation of spec §8.1."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from deepseek.model.rope import rope_cos_sin, yarn_inv_freq
+
+
+def naive_fp8_quant(v: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """act_quant of one 128-vector with a ue8m0 (power-of-two) scale: (e4m3 values as float, scale)."""
+    amax = max(float(v.abs().max()), 1e-4)
+    scale = 2.0 ** math.ceil(math.log2(amax / 448.0))
+    return (v / scale).clamp(-448, 448).to(torch.float8_e4m3fn).float(), scale
+
+
+def sylvester(n: int) -> torch.Tensor:
+    h = [[1.0]]
+    while len(h) < n:
+        h = [row + row for row in h] + [row + [-x for x in row] for row in h]
+    return torch.tensor(h)
+
+
+def rope_half(v: torch.Tensor, position: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    half = v.shape[0] // 2
+    out = v.clone()
+    for i in range(half):
+        angle = float(torch.tensor(float(position)) * inv_freq[i])  # fp32 angle, like the reference
+        c, s = math.cos(angle), math.sin(angle)
+        out[i] = v[i] * c - v[i + half] * s
+        out[i + half] = v[i] * s + v[i + half] * c
+    return out
+
+
+def naive_index_scores(indexer, x, qr, start, inv_freq, total):
+    """I[s, t] = sk[t] · Σ_h ReLU(q8[s,h] · k8[t]) · w'[s,h], looping over tokens and heads."""
+    hi, di, dr = indexer.n_heads, indexer.head_dim, indexer.rope_dim
+    had = sylvester(di) / math.sqrt(di)
+
+    def prepare(v, position):
+        v = torch.cat((rope_half(v[:dr], position, inv_freq), v[dr:]))
+        return naive_fp8_quant(v @ had)
+
+    wk, wq = indexer.wk.weight.float(), indexer.wq_b.weight.float()
+    keys = []
+    for t in range(total):
+        k = torch.nn.functional.layer_norm(x[t] @ wk.T, (di,), indexer.k_norm.weight, indexer.k_norm.bias, 1e-6)
+        keys.append(prepare(k, t))
+    scores = torch.full((total - start, total), float("-inf"))
+    for s in range(start, total):
+        w = (x[s].float() @ indexer.weights_proj.weight.float().T) * hi ** -0.5
+        q_all = (qr[s] @ wq.T).view(hi, di)
+        qs = [prepare(q_all[h], s) for h in range(hi)]
+        for t in range(s + 1):
+            k8, sk = keys[t]
+            total_t = 0.0
+            for h in range(hi):
+                q8, sq = qs[h]
+                logit = float(torch.dot(q8, k8))
+                total_t += max(logit, 0.0) * float(w[h]) * sq * di ** -0.5
+            scores[s - start, t] = sk * total_t
+    return scores
+
+
+def test_selected_sets_equal_the_naive_formula(tiny_model):
+    torch.manual_seed(1)
+    indexer = tiny_model.model.layers[2].self_attn.indexer
+    cfg = tiny_model.config
+    total, start = 150, 130            # 20 queries of a chunk that starts at position 130
+    x = torch.randn(total, cfg.hidden_size)
+    qr = torch.randn(total, cfg.q_lora_rank)
+    inv_freq = yarn_inv_freq(cfg)
+    cos, sin = rope_cos_sin(inv_freq, torch.arange(total))
+    keys = indexer.keys(x, cos, sin)
+    got = indexer.scores(x[start:], qr[start:], keys, start, cos[start:], sin[start:])
+    expected = naive_index_scores(indexer, x, qr, start, inv_freq, total)
+    finite = torch.isfinite(expected)
+    assert torch.equal(finite, torch.isfinite(got))
+    torch.testing.assert_close(got[finite], expected[finite], rtol=1e-4, atol=1e-5)
+
+    selected = indexer.select(x[start:], qr[start:], keys, start, cos[start:], sin[start:])
+    assert selected.shape == (total - start, cfg.index_topk)
+    for row in range(total - start):
+        # Best score first; exact ties go to the later position (see topk_positions).
+        ranked = sorted(range(total), key=lambda t: (float(expected[row, t]), t), reverse=True)
+        assert set(selected[row].tolist()) == set(ranked[:cfg.index_topk]), f"query {start + row}"
+
+
+def test_relu_comes_before_the_head_weights(tiny_model):
+    """With every head weight negative, scores are <= 0: ReLU(q·k) >= 0 times w < 0."""
+    indexer = tiny_model.model.layers[1].self_attn.indexer
+    cfg = tiny_model.config
+    x = torch.randn(10, cfg.hidden_size)
+    qr = torch.randn(10, cfg.q_lora_rank)
+    cos, sin = rope_cos_sin(yarn_inv_freq(cfg), torch.arange(10))
+    original = indexer.weights_proj.weight.clone()
+    try:
+        with torch.no_grad():
+            indexer.weights_proj.weight.copy_(-original.abs())
+        x_pos = x.abs()  # makes weights_proj(x) strictly negative
+        scores = indexer.scores(x_pos, qr, indexer.keys(x_pos, cos, sin), 0, cos, sin)
+    finally:
+        with torch.no_grad():
+            indexer.weights_proj.weight.copy_(original)
+    assert (scores[torch.isfinite(scores)] <= 0).all()
+
+
+def test_future_keys_are_never_selectable(tiny_model):
+    indexer = tiny_model.model.layers[1].self_attn.indexer
+    cfg = tiny_model.config
+    x, qr = torch.randn(100, cfg.hidden_size), torch.randn(100, cfg.q_lora_rank)
+    cos, sin = rope_cos_sin(yarn_inv_freq(cfg), torch.arange(100))
+    scores = indexer.scores(x, qr, indexer.keys(x, cos, sin), 0, cos, sin)
+    future = torch.arange(100)[None, :] > torch.arange(100)[:, None]
+    assert torch.isneginf(scores[future]).all() and torch.isfinite(scores[~future]).all()

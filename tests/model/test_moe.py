@@ -1,0 +1,106 @@
+"""DeepSeekMoE routing against a plain per-token loop of spec §9.3, and expert dispatch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from deepseek.model import ModelConfig
+from deepseek.model.moe import Gate, MoE
+from deepseek.model.presets import preset_config
+
+
+def route_one_token(x, weight, bias, n_group, topk_group, top_k, scale):
+    """Spec §9.3 written as a loop over plain Python floats, for one token."""
+    n_experts = weight.shape[0]
+    s = [1 / (1 + math.exp(-float(torch.dot(x.double(), weight[e].double())))) for e in range(n_experts)]
+    b = [s[e] + float(bias[e]) for e in range(n_experts)]
+    per_group = n_experts // n_group
+    group_score = []
+    for g in range(n_group):
+        members = sorted((b[e] for e in range(g * per_group, (g + 1) * per_group)), reverse=True)
+        group_score.append(members[0] + members[1])
+    kept = sorted(range(n_group), key=lambda g: group_score[g], reverse=True)[:topk_group]
+    candidates = [e for g in kept for e in range(g * per_group, (g + 1) * per_group)]
+    chosen = sorted(candidates, key=lambda e: b[e], reverse=True)[:top_k]
+    total = sum(s[e] for e in chosen)
+    return {e: s[e] / total * scale for e in chosen}
+
+
+def _gate(n_experts, n_group, topk_group, top_k, dim=64, seed=0):
+    raw = {**preset_config("tiny"), "n_routed_experts": n_experts, "n_group": n_group,
+           "topk_group": topk_group, "num_experts_per_tok": top_k, "hidden_size": dim}
+    gate = Gate(ModelConfig.from_dict(raw)).requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    gate.weight.copy_(torch.randn(gate.weight.shape, generator=g) * 0.1)
+    # A bias as large as the score spread, so it really changes which experts win.
+    gate.e_score_correction_bias.copy_(torch.randn(n_experts, generator=g) * 0.2)
+    return gate
+
+
+@pytest.mark.parametrize("n_experts, n_group, topk_group, top_k", [
+    (256, 8, 4, 8),   # the 671B router
+    (8, 2, 1, 2),     # the tiny config
+    (16, 1, 1, 4),    # no group limit
+])
+def test_router_matches_the_per_token_loop(n_experts, n_group, topk_group, top_k):
+    gate = _gate(n_experts, n_group, topk_group, top_k)
+    x = torch.randn(40, 64)
+    weights, ids = gate(x)
+    for n in range(x.shape[0]):
+        expected = route_one_token(x[n], gate.weight, gate.e_score_correction_bias,
+                                   n_group, topk_group, top_k, 2.5)
+        got = dict(zip(ids[n].tolist(), weights[n].tolist()))
+        assert set(got) == set(expected), f"token {n}"
+        for e in expected:
+            assert got[e] == pytest.approx(expected[e], abs=1e-6)
+
+
+def test_bias_steers_selection_but_not_the_weights():
+    gate = _gate(8, 2, 1, 2)
+    x = torch.randn(30, 64)
+    with torch.no_grad():
+        gate.e_score_correction_bias.zero_()
+        gate.e_score_correction_bias[5] = 10.0   # expert 5 now always wins selection
+    weights, ids = gate(x)
+    assert (ids == 5).any(dim=1).all()
+    scores = torch.sigmoid(x @ gate.weight.T)
+    expected = scores.gather(1, ids)
+    torch.testing.assert_close(weights, expected / expected.sum(1, keepdim=True) * 2.5)
+
+
+def test_group_limit_keeps_experts_inside_the_best_groups():
+    gate = _gate(256, 8, 4, 8)
+    _, ids = gate(torch.randn(50, 64))
+    groups_used = (ids // 32).tolist()
+    assert all(len(set(g)) <= 4 for g in groups_used)
+
+
+def test_moe_equals_the_sum_over_each_tokens_experts(tiny_model):
+    moe = tiny_model.model.layers[1].mlp
+    assert isinstance(moe, MoE)
+    x = torch.randn(12, tiny_model.config.hidden_size)
+    weights, ids = moe.gate(x)
+    expected = torch.stack([
+        sum(weights[n, j] * moe.experts[ids[n, j]](x[n:n + 1])[0] for j in range(ids.shape[1]))
+        + moe.shared_experts(x[n:n + 1])[0]
+        for n in range(x.shape[0])])
+    torch.testing.assert_close(moe(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_each_expert_sees_only_its_routed_tokens(tiny_model):
+    moe = tiny_model.model.layers[1].mlp
+    x = torch.randn(20, tiny_model.config.hidden_size)
+    _, ids = moe.gate(x)
+    seen = {}
+    hooks = [expert.register_forward_hook(lambda m, inp, out, e=e: seen.__setitem__(e, inp[0].shape[0]))
+             for e, expert in enumerate(moe.experts)]
+    try:
+        moe(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    expected = {e: int((ids == e).sum()) for e in range(len(moe.experts)) if (ids == e).any()}
+    assert seen == expected
