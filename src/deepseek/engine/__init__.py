@@ -1,0 +1,1 @@
+"""The inference engine: scheduler, paged cache, runner, sampler, detokenizer."""

@@ -1,0 +1,106 @@
+"""The paged KV cache storage, and the `KVCache` view one forward call gives the model.
+
+Per layer and token the model reads back (spec §3, §7.5, §8.4): the KV latent `c` (kv_lora_rank),
+the rotated shared key `k_pe` (qk_rope_head_dim) and, for V3.2, the lightning indexer's key
+(index_head_dim). Each kind is one tensor per layer, `[num_blocks, block_size, width]`. A block id
+names the same slots in every layer and kind, so one block table covers them all, and reusing a
+cached prefix brings the indexer keys along with the latents.
+
+`blocks.BlockManager` decides which blocks a sequence owns; `PagedKVCache.view(tables)` turns the
+batch's block tables into the `KVCache` that `Transformer.step` writes to and reads from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..model.config import ModelConfig
+
+
+class PagedKVCache:
+    """Preallocated block storage for every cache layer (main layers plus MTP layers)."""
+
+    def __init__(self, config: ModelConfig, num_layers: int, num_blocks: int, block_size: int,
+                 dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"):
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.dtype, self.device = dtype, torch.device(device)
+
+        def buf(width: int) -> list[torch.Tensor]:
+            return [torch.zeros(num_blocks, block_size, width, dtype=dtype, device=device)
+                    for _ in range(num_layers)]
+
+        self.latent = buf(config.kv_lora_rank)                                   # [blocks, B, R]
+        self.k_pe = buf(config.qk_rope_head_dim)                                 # [blocks, B, Dr]
+        self.index_k = buf(config.index_head_dim) if config.has_indexer else None  # [blocks, B, Di]
+
+    @staticmethod
+    def bytes_per_block(config: ModelConfig, num_layers: int, block_size: int,
+                        dtype: torch.dtype = torch.bfloat16) -> int:
+        """Bytes one block takes across all layers and kinds."""
+        width = config.kv_lora_rank + config.qk_rope_head_dim
+        width += config.index_head_dim if config.has_indexer else 0
+        return num_layers * block_size * width * dtype.itemsize
+
+    @classmethod
+    def blocks_for_budget(cls, config: ModelConfig, num_layers: int, block_size: int,
+                          dtype: torch.dtype, budget_bytes: int) -> int:
+        """How many blocks fit in `budget_bytes`; refuses a budget that holds none."""
+        per_block = cls.bytes_per_block(config, num_layers, block_size, dtype)
+        if budget_bytes < per_block:
+            raise ValueError(f"a cache budget of {budget_bytes} bytes holds no block "
+                             f"({per_block} bytes each at block_size={block_size})")
+        return budget_bytes // per_block
+
+    def view(self, block_tables: Sequence[Sequence[int]]) -> PagedCacheView:
+        """The `KVCache` of one forward call: sequence i of the batch uses `block_tables[i]`."""
+        return PagedCacheView(self, block_tables)
+
+
+class PagedCacheView:
+    """Implements the model's `KVCache` protocol over a `PagedKVCache` for one forward batch.
+
+    Each sequence's slot index (`block * block_size + offset`, for every position its table
+    covers) is computed once per call, so `store` and `load` are a single `index_copy_` /
+    `index_select` on the flat `[num_blocks * block_size, width]` view of a layer's tensor.
+    """
+
+    def __init__(self, cache: PagedKVCache, block_tables: Sequence[Sequence[int]]):
+        self.cache = cache
+        bs = cache.block_size
+        # One host-to-device copy for the whole batch, split per sequence afterwards.
+        blocks = torch.tensor([b for table in block_tables for b in table], dtype=torch.long)
+        slots = (blocks[:, None] * bs + torch.arange(bs)).flatten().to(cache.device)
+        self.slots = list(slots.split([len(table) * bs for table in block_tables]))
+
+    def store(self, layer: int, seq: int, start: int, latent: torch.Tensor, k_pe: torch.Tensor,
+              index_k: torch.Tensor | None) -> None:
+        """Write rows `[start, start + S)` of sequence `seq`: latent [S, R], k_pe [S, Dr], index_k [S, Di]."""
+        slots = self._slots(seq, start + latent.shape[0])[start:]
+        c = self.cache
+        _flat(c.latent[layer]).index_copy_(0, slots, latent.to(c.dtype))
+        _flat(c.k_pe[layer]).index_copy_(0, slots, k_pe.to(c.dtype))
+        if c.index_k is not None and index_k is not None:
+            _flat(c.index_k[layer]).index_copy_(0, slots, index_k.to(c.dtype))
+
+    def load(self, layer: int, seq: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rows `[0, end)` of sequence `seq`: (latent [T, R], k_pe [T, Dr], index_k [T, Di] or None)."""
+        slots, c = self._slots(seq, end), self.cache
+        latent = _flat(c.latent[layer]).index_select(0, slots)     # [T, R]
+        k_pe = _flat(c.k_pe[layer]).index_select(0, slots)         # [T, Dr]
+        index_k = _flat(c.index_k[layer]).index_select(0, slots) if c.index_k is not None else None
+        return latent, k_pe, index_k
+
+    def _slots(self, seq: int, end: int) -> torch.Tensor:
+        """Slots of positions [0, end) of sequence `seq`; a position past its blocks is a caller bug."""
+        slots = self.slots[seq]
+        if end > slots.shape[0]:
+            raise ValueError(f"sequence {seq} has {slots.shape[0]} slots in its blocks; "
+                             f"position {end - 1} needs more")
+        return slots[:end]
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """[num_blocks, block_size, W] -> [num_blocks * block_size, W], a view sharing storage."""
+    return t.view(-1, t.shape[-1])
