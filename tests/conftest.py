@@ -31,3 +31,21 @@ def tiny_checkpoint(tmp_path_factory):
     from deepseek.cli.init import init_checkpoint
 
     return init_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0, shards=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_checkpoint):
+    from deepseek.tokenizer import load_tokenizer
+
+    return load_tokenizer(tiny_checkpoint)
+
+
+@pytest.fixture
+def make_engine(tiny_model, tiny_tokenizer):
+    """An engine over the shared fp32 tiny model, with a fresh cache per call."""
+    from deepseek.engine.engine import EngineConfig, LLMEngine
+
+    def make(**config):
+        return LLMEngine(tiny_model, tiny_tokenizer, EngineConfig(**config))
+
+    return make

@@ -1,0 +1,75 @@
+"""One engine step on the model: a scheduled batch in, one sampled token per finishing row out.
+
+The runner flattens the step's new tokens of every sequence into one `ForwardBatch` over the
+paged cache, runs `model.step` once, projects only the rows that need a next token (the last
+token of a decode or of a prompt's final chunk), applies grammar masks and sampler-level rules,
+and samples all rows in one vectorised call. Tensor and expert parallelism would wrap the model
+here without changing the scheduler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from deepseek.model import ForwardBatch, Transformer
+
+from .cache import PagedKVCache
+from .request import Sequence, TokenLogprob
+from .sampler import Sampler
+from .scheduler import ScheduledBatch
+
+
+@dataclass(frozen=True)
+class Sampled:
+    token_id: int
+    logprob: TokenLogprob | None
+
+
+class ModelRunner:
+    def __init__(self, model: Transformer, kv: PagedKVCache, sampler: Sampler | None = None):
+        self.model, self.kv = model, kv
+        self.sampler = sampler or Sampler()
+        self.eos = model.config.eos_token_id
+        # Tokenizers may have fewer entries than the model's (padded) vocabulary: never sample those.
+        self.num_valid_tokens = model.config.vocab_size
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> dict[Sequence, Sampled]:
+        seqs, counts = batch.seqs, batch.num_tokens
+        tokens = [t for s, n in zip(seqs, counts) for t in s.token_ids[s.num_computed:s.num_computed + n]]
+        forward = ForwardBatch(
+            starts=tuple(s.num_computed for s in seqs), lengths=counts,
+            sparse=tuple(s.request.sparse for s in seqs),
+            cache=self.kv.view([s.table.blocks for s in seqs]))
+        hidden = self.model.step(torch.tensor(tokens, device=self.model.device), forward)
+        ends = forward.last_token_indices()
+        rows = [i for i, (s, n) in enumerate(zip(seqs, counts)) if s.num_computed + n == len(s.token_ids)]
+        if not rows:
+            return {}
+        picked = [seqs[i] for i in rows]
+        logits = self.model.logits(hidden[[ends[i] for i in rows]])            # [R, V] fp32
+        self._constrain(logits, picked)
+        out = self.sampler.sample(logits, [s.params for s in picked], [s.generator for s in picked],
+                                  [s.output_counts for s in picked])
+        return {seq: Sampled(int(out.token_ids[r]), _logprob(out, r, seq)) for r, seq in enumerate(picked)}
+
+    def _constrain(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        if self.num_valid_tokens < logits.shape[1]:
+            logits[:, self.num_valid_tokens:] = float("-inf")
+        for row, seq in enumerate(seqs):
+            if seq.params.ignore_eos:
+                logits[row, self.eos] = float("-inf")
+            if seq.grammar_state is not None:
+                seq.grammar_state.apply(logits[row])
+
+
+def _logprob(out, row: int, seq: Sequence) -> TokenLogprob | None:
+    if not seq.params.logprobs or out.logprobs is None:
+        return None
+    n = seq.params.top_logprobs
+    top = ()
+    if n:
+        top = tuple(zip(out.top_logprob_ids[row, :n].tolist(), out.top_logprobs[row, :n].tolist()))
+    return TokenLogprob(int(out.token_ids[row]), float(out.logprobs[row]), top)

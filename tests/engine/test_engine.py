@@ -1,0 +1,183 @@
+"""The engine: continuous batching, chunked prefill, prefix caching, preemption and aborts.
+
+Runs the fp32 tiny model (index_topk 64) so prompts cross the sparse-attention boundary.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import pytest
+
+from deepseek.engine.request import Request
+from deepseek.engine.sampler import SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+
+
+def prompts(n, seed=0, low=20, high=150):
+    rng = random.Random(seed)
+    return [tuple([0] + [rng.randrange(2, 1024) for _ in range(rng.randrange(low, high))]) for _ in range(n)]
+
+
+def run(engine, requests, check_every_step=False):
+    """Drive the engine until every request finishes; returns {request_id: (tokens, text, last output)}."""
+    for r in requests:
+        engine.add_request(r)
+    out, last = defaultdict(lambda: ([], [])), {}
+    while engine.has_unfinished():
+        for o in engine.step():
+            out[o.request_id][0].extend(o.token_ids)
+            out[o.request_id][1].append(o.text)
+            last[o.request_id] = o
+        if check_every_step:
+            engine.check_integrity()
+    return {k: (tuple(v[0]), "".join(v[1]), last[k]) for k, v in out.items()}
+
+
+def assert_all_blocks_free(engine):
+    engine.check_integrity()
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    assert not engine.scheduler.running and not engine.scheduler.waiting and not engine.seqs
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_batched_greedy_outputs_equal_each_request_alone(make_engine, sparse):
+    ps = prompts(6)
+    together = make_engine(max_num_batched_tokens=48)     # long prompts are prefilled in chunks
+    requests = [Request(f"r{i}", p, GREEDY, sparse=sparse) for i, p in enumerate(ps)]
+    batched = run(together, requests, check_every_step=True)
+    assert_all_blocks_free(together)
+    for r in requests:
+        alone = run(make_engine(max_num_batched_tokens=4096), [r])
+        assert batched[r.request_id][0] == alone[r.request_id][0], r.request_id
+        assert batched[r.request_id][2].finish_reason == "length"
+
+
+def test_sparse_and_dense_agree_below_index_topk_and_differ_above(make_engine):
+    short, long = prompts(1, seed=1, low=20, high=21)[0], prompts(1, seed=2, low=120, high=121)[0]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    res = run(make_engine(), [Request("s-short", short, params, sparse=True),
+                              Request("d-short", short, params, sparse=False),
+                              Request("s-long", long, params, sparse=True),
+                              Request("d-long", long, params, sparse=False)])
+    assert res["s-short"][0] == res["d-short"][0]
+    assert res["s-long"][0] != res["d-long"][0]
+    s, d = res["s-long"][2].sparse, res["d-long"][2].sparse
+    assert (s.mode, s.index_topk, s.attended_tokens) == ("sparse", 64, 64)
+    assert d.mode == "dense" and d.index_topk is None and d.attended_tokens > 120
+    assert s.context_tokens == d.context_tokens == len(long) + 10
+
+
+def test_prefix_cache_hit_gives_the_cold_output_and_reports_the_hit(make_engine):
+    base = prompts(1, seed=3, low=100, high=101)[0]
+    follow_up = base[:90] + (5, 6, 7, 8, 9)
+    engine = make_engine(block_size=16)
+    run(engine, [Request("first", base, GREEDY)])
+    warm = run(engine, [Request("second", follow_up, GREEDY)])["second"]
+    cold = run(make_engine(block_size=16), [Request("cold", follow_up, GREEDY)])["cold"]
+    assert warm[0] == cold[0]
+    assert warm[2].cached_prompt_tokens == 80          # 5 full blocks of the 90 shared tokens
+    assert cold[2].cached_prompt_tokens == 0
+    assert warm[2].prompt_tokens == len(follow_up)
+    assert_all_blocks_free(engine)
+
+
+def test_two_tenants_never_share_blocks(make_engine):
+    prompt = prompts(1, seed=4, low=80, high=81)[0]
+    engine = make_engine()
+    a = Request("a", prompt, GREEDY, salt=b"tenant-a")
+    b = Request("b", prompt, GREEDY, salt=b"tenant-b")
+    engine.add_request(a)
+    engine.add_request(b)
+    engine.step()
+    blocks_a, blocks_b = engine.seqs["a"].table.blocks, engine.seqs["b"].table.blocks
+    assert not set(blocks_a) & set(blocks_b)
+    first = run(engine, [])
+    again = run(engine, [Request("a2", prompt, GREEDY, salt=b"tenant-a"),
+                         Request("c", prompt, GREEDY, salt=b"tenant-c")])
+    assert again["a2"][2].cached_prompt_tokens == 80 and again["c"][2].cached_prompt_tokens == 0
+    assert first["a"][0][-20:] == first["b"][0][-20:] and again["a2"][0] == again["c"][0]
+
+
+def test_preemption_under_a_small_cache_keeps_outputs_and_frees_everything(make_engine):
+    ps = prompts(5, seed=5, low=40, high=60)
+    requests = [Request(f"p{i}", p, GREEDY) for i, p in enumerate(ps)]
+    small = make_engine(block_size=16, cache_bytes=12 * 16 * 5 * (128 + 64 + 128) * 4)  # 12 blocks
+    assert small.blocks.num_blocks == 12
+    squeezed = run(small, requests, check_every_step=True)
+    assert small.scheduler.num_preemptions > 0
+    assert_all_blocks_free(small)
+    roomy = run(make_engine(), requests)
+    for r in requests:
+        assert squeezed[r.request_id][0] == roomy[r.request_id][0]
+
+
+def test_abort_mid_stream_and_in_queue_frees_blocks(make_engine):
+    engine = make_engine(max_num_seqs=2)
+    for i, p in enumerate(prompts(4, seed=6)):
+        engine.add_request(Request(f"q{i}", p, GREEDY))
+    for _ in range(5):
+        engine.step()
+    assert engine.num_running == 2 and engine.num_waiting == 2
+    aborted = engine.abort("q0")
+    assert aborted.finished and aborted.finish_reason == "abort"
+    assert engine.abort("q3").finish_reason == "abort"      # still waiting
+    assert engine.abort("q3") is None and engine.abort("nope") is None
+    engine.check_integrity()
+    run(engine, [])
+    assert_all_blocks_free(engine)
+
+
+def test_same_seed_gives_the_same_text(make_engine):
+    p = prompts(1, seed=7)[0]
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=25, ignore_eos=True)
+    a = run(make_engine(), [Request("a", p, params), Request("x", prompts(1, seed=8)[0], params)])["a"]
+    b = run(make_engine(), [Request("b", p, params)])["b"]
+    c = run(make_engine(), [Request("c", p, SamplingParams(temperature=1.0, top_p=0.9, seed=99,
+                                                           max_tokens=25, ignore_eos=True))])["c"]
+    assert a[0] == b[0] and a[1] == b[1]
+    assert a[0] != c[0]
+
+
+def test_stop_strings_never_leak_into_the_output(make_engine, tiny_tokenizer):
+    p = prompts(1, seed=9)[0]
+    free = run(make_engine(), [Request("free", p, GREEDY)])["free"]
+    text = free[1]
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    assert len(stop) == 3
+    res = run(make_engine(), [Request("stopped", p, SamplingParams(temperature=0, max_tokens=30,
+                                                                   ignore_eos=True, stop=(stop,)))])
+    tokens, out, last = res["stopped"]
+    assert last.finish_reason == "stop"
+    assert stop not in out and out == text[:text.index(stop)]
+
+
+def test_max_tokens_and_eos_finish_reasons(make_engine, tiny_model):
+    p = prompts(1, seed=10)[0]
+    res = run(make_engine(), [Request("len", p, SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))])
+    assert res["len"][2].finish_reason == "length" and len(res["len"][0]) == 3
+    first = res["len"][0][0]
+    stopped = run(make_engine(), [Request("tok", p, SamplingParams(temperature=0, max_tokens=3,
+                                                                   stop_token_ids=(first,)))])["tok"]
+    assert stopped[2].finish_reason == "stop" and stopped[0] == (first,) and stopped[1] == ""
+
+
+@pytest.mark.parametrize("bad, message", [
+    (Request("e", (), GREEDY), "empty"),
+    (Request("big", tuple(range(2000)), GREEDY), "context"),
+    (Request("oov", (0, 5000), GREEDY), "vocab"),
+])
+def test_requests_that_can_never_run_are_refused(make_engine, bad, message):
+    engine = make_engine()
+    with pytest.raises(ValueError, match=message):
+        engine.add_request(bad)
+    assert_all_blocks_free(engine)
+
+
+def test_duplicate_request_ids_are_refused(make_engine):
+    engine = make_engine()
+    engine.add_request(Request("same", (0, 5, 6), GREEDY))
+    with pytest.raises(ValueError, match="duplicate"):
+        engine.add_request(Request("same", (0, 5, 6), GREEDY))
