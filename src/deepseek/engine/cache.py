@@ -92,6 +92,16 @@ class PagedCacheView:
         index_k = _flat(c.index_k[layer]).index_select(0, slots) if c.index_k is not None else None
         return latent, k_pe, index_k
 
+    def load_index_keys(self, layer: int, seq: int, end: int) -> torch.Tensor:
+        """Indexer keys of rows `[0, end)` of sequence `seq`: [T, Di]."""
+        return _flat(self.cache.index_k[layer]).index_select(0, self._slots(seq, end))
+
+    def gather(self, layer: int, seq: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent and k_pe rows at `positions` [K] of sequence `seq`: [K, R], [K, Dr]."""
+        slots = self.slots[seq][positions]
+        c = self.cache
+        return _flat(c.latent[layer]).index_select(0, slots), _flat(c.k_pe[layer]).index_select(0, slots)
+
     def _slots(self, seq: int, end: int) -> torch.Tensor:
         """Slots of positions [0, end) of sequence `seq`; a position past its blocks is a caller bug."""
         slots = self.slots[seq]

@@ -36,6 +36,12 @@ class KVCache(Protocol):
     def load(self, layer: int, seq: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows `[0, end)` of one sequence: (latent [T, R], k_pe [T, Dr], index_k [T, Di] or None)."""
 
+    def load_index_keys(self, layer: int, seq: int, end: int) -> torch.Tensor:
+        """Indexer keys of rows `[0, end)`: [T, Di]. The only O(T) read of a sparse decode step."""
+
+    def gather(self, layer: int, seq: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent and k_pe rows at `positions` [K] (all < the written length): [K, R], [K, Dr]."""
+
 
 @dataclass(frozen=True)
 class ForwardBatch:
@@ -103,3 +109,9 @@ class ContiguousCache:
     def load(self, layer, seq, end):
         index_k = self.index_k[layer][seq, :end] if self.index_k is not None else None
         return self.latent[layer][seq, :end], self.k_pe[layer][seq, :end], index_k
+
+    def load_index_keys(self, layer, seq, end):
+        return self.index_k[layer][seq, :end]
+
+    def gather(self, layer, seq, positions):
+        return self.latent[layer][seq, positions], self.k_pe[layer][seq, positions]

@@ -79,16 +79,22 @@ class MLA(nn.Module):
         index_k = self.indexer.keys(x, cos, sin) if self.indexer is not None else None
 
         out = torch.empty(n, self.n_heads, self.v_dim, dtype=x.dtype, device=x.device)
+        cache, layer = batch.cache, self.layer_id
         for seq, sl, start, length in batch.slices():
-            ik = index_k[sl] if index_k is not None else None
-            batch.cache.store(self.layer_id, seq, start, latent[sl], k_pe[sl], ik)
-            c_all, pe_all, ik_all = batch.cache.load(self.layer_id, seq, start + length)
-            topk = None
-            if batch.sparse[seq] and self._needs_index(start + length):
-                topk = self.indexer.select(x[sl], qr[sl], ik_all, start, cos[sl], sin[sl])
-            if length == 1:
-                out[sl] = self._absorbed(q_nope[sl], q_pe[sl], c_all, pe_all, start, topk)
+            end = start + length
+            cache.store(layer, seq, start, latent[sl], k_pe[sl], index_k[sl] if index_k is not None else None)
+            sparse = batch.sparse[seq] and self._needs_index(end)
+            if length == 1 and sparse:
+                # Sparse decode: scan every indexer key (cheap), read only the selected latent rows.
+                keys = cache.load_index_keys(layer, seq, end)
+                topk = self.indexer.select(x[sl], qr[sl], keys, start, cos[sl], sin[sl])[0]
+                out[sl] = self._absorbed(q_nope[sl], q_pe[sl], *cache.gather(layer, seq, topk))
+            elif length == 1:
+                c_all, pe_all, _ = cache.load(layer, seq, end)
+                out[sl] = self._absorbed(q_nope[sl], q_pe[sl], c_all, pe_all)
             else:
+                c_all, pe_all, ik_all = cache.load(layer, seq, end)
+                topk = self.indexer.select(x[sl], qr[sl], ik_all, start, cos[sl], sin[sl]) if sparse else None
                 out[sl] = self._expanded(q_nope[sl], q_pe[sl], c_all, pe_all, start, topk)
         return self.o_proj(out.view(n, -1))
 
@@ -124,28 +130,17 @@ class MLA(nn.Module):
             out[r:r + rows] = torch.einsum("sht,thd->shd", p, v)
         return out
 
-    def _absorbed(self, q_nope, q_pe, c, k_pe, start, topk):
-        """Decode form (MQA over the latent). Same arguments and result as `_expanded`.
+    def _absorbed(self, q_nope, q_pe, c, k_pe):
+        """Decode form (MQA over the latent) for ONE query that sees every given row.
 
-        Sparse: gather only the selected rows, so the cost is O(index_topk), not O(T).
+        q_nope [1,H,Dn], q_pe [1,H,Dr]; c [K,R], k_pe [K,Dr]: all T cached rows (dense) or the
+        index_topk rows the indexer picked (sparse), so the cost is O(K), not O(T).
         """
         w = self.kv_b_proj.dequantized_weight(q_nope.dtype).view(
             self.n_heads, self.nope_dim + self.v_dim, self.kv_rank)
         w_uk, w_uv = w[:, :self.nope_dim], w[:, self.nope_dim:]            # [H, Dn, R], [H, Dv, R]
-        q_lat = torch.einsum("shd,hdr->shr", q_nope, w_uk)                # [S, H, R]
-        s_len = q_nope.shape[0]
-        if topk is None:
-            scores = torch.einsum("shr,tr->sht", q_lat, c) + torch.einsum("shd,td->sht", q_pe, k_pe)
-            visible = self._visible(s_len, c.shape[0], start, None, c.device)[:, None, :]
-        else:
-            c_sel, pe_sel = c[topk], k_pe[topk]                              # [S, k, R], [S, k, Dr]
-            scores = torch.einsum("shr,skr->shk", q_lat, c_sel) + torch.einsum("shd,skd->shk", q_pe, pe_sel)
-            pos = start + torch.arange(s_len, device=c.device)
-            visible = (topk <= pos[:, None])[:, None, :]
-        scores = scores.float() * self.softmax_scale
-        p = scores.masked_fill_(~visible, float("-inf")).softmax(dim=-1).to(c.dtype)
-        if topk is None:
-            o_lat = torch.einsum("sht,tr->shr", p, c)
-        else:
-            o_lat = torch.einsum("shk,skr->shr", p, c_sel)
-        return torch.einsum("shr,hvr->shv", o_lat, w_uv)                     # [S, H, Dv]
+        q_lat = torch.einsum("shd,hdr->shr", q_nope, w_uk)                # [1, H, R]
+        scores = torch.einsum("shr,tr->sht", q_lat, c) + torch.einsum("shd,td->sht", q_pe, k_pe)
+        p = (scores.float() * self.softmax_scale).softmax(dim=-1).to(c.dtype)
+        o_lat = torch.einsum("sht,tr->shr", p, c)                            # [1, H, R]
+        return torch.einsum("shr,hvr->shv", o_lat, w_uv)                     # [1, H, Dv]
