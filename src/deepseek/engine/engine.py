@@ -61,11 +61,9 @@ class LLMEngine:
         return cls(model, load_tokenizer(path), config)
 
     # ----- requests -----
-    def add_request(self, request: Request) -> None:
-        """Queue a request; raises ValueError for one that can never run (the server's 400)."""
+    def validate(self, request: Request) -> None:
+        """Raise ValueError for a request that can never run (the server's 400). Reads config only."""
         prompt = request.prompt_token_ids
-        if request.request_id in self.seqs:
-            raise ValueError(f"duplicate request id {request.request_id!r}")
         if not prompt:
             raise ValueError("the prompt is empty")
         if len(prompt) >= self.max_model_len:
@@ -75,6 +73,13 @@ class LLMEngine:
             raise ValueError("prompt token ids must lie in [0, vocab_size)")
         if request.sparse and not self.model.config.has_indexer:
             raise ValueError("this model has no lightning indexer: only dense attention")
+
+    def add_request(self, request: Request) -> None:
+        """Queue a request; raises ValueError for one that can never run, or a duplicate id."""
+        if request.request_id in self.seqs:
+            raise ValueError(f"duplicate request id {request.request_id!r}")
+        self.validate(request)
+        prompt = request.prompt_token_ids
         detok = None
         if self.tokenizer is not None:
             detok = IncrementalDetokenizer(self.tokenizer, prompt, stop=request.params.stop)

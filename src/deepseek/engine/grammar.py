@@ -159,7 +159,8 @@ class Matcher:
     def _raise_if_dead(self) -> None:
         # A dead llguidance matcher masks everything but EOS, which would end the sequence silently.
         if self._matcher.is_error():
-            raise GrammarError(f"the matcher rejected an earlier token: {_message(self._matcher.get_error())}")
+            error = _message(self._matcher.get_error())
+            raise GrammarError(f"the matcher rejected an earlier token: {error}")
 
 
 def _message(error: str) -> str:
