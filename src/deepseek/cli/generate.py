@@ -1,4 +1,4 @@
-"""`deepseek generate --model DIR --prompt TEXT`: greedy generation through the cache."""
+"""`deepseek generate --model DIR --prompt TEXT`: generate through the engine, streaming to stdout."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint folder (default: the bundled model when it ships, else a tiny random one)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--attention", choices=["sparse", "dense"], default="sparse")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
 
@@ -18,22 +22,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from deepseek.model import Transformer
-    from deepseek.model.generate import greedy_generate
-    from deepseek.tokenizer import load_tokenizer
+    from deepseek.engine.engine import LLMEngine
+    from deepseek.engine.request import Request
+    from deepseek.engine.sampler import SamplingParams
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tokenizer = load_tokenizer(args.model)
-    model = Transformer.from_pretrained(args.model, attention=args.attention, mtp=False)
-    prompt = [model.config.bos_token_id] + tokenizer.encode(args.prompt, add_special_tokens=False).ids
-    ids, shown = [], ""
-    for token in greedy_generate(model, prompt, args.max_tokens):
-        ids.append(token)
-        text = tokenizer.decode(ids, skip_special_tokens=False)
-        if not text.endswith("\ufffd"):  # hold back a half-decoded UTF-8 character
-            sys.stdout.write(text[len(shown):])
+    if args.model is None or not args.model.exists():
+        if args.model is not None:
+            raise FileNotFoundError(f"no checkpoint at {args.model} (tokenizer.json missing)")
+        raise FileNotFoundError("pass --model DIR (make one with `deepseek init --preset tiny DIR`)")
+    engine = LLMEngine.from_pretrained(args.model)
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                            max_tokens=args.max_tokens)
+    bos = engine.model.config.bos_token_id
+    prompt = (bos, *engine.tokenizer.encode(args.prompt, add_special_tokens=False).ids)
+    engine.add_request(Request("cli", prompt, params, sparse=args.attention == "sparse"))
+    while engine.has_unfinished():
+        for out in engine.step():
+            sys.stdout.write(out.text)
             sys.stdout.flush()
-            shown = text
     sys.stdout.write("\n")
     return 0
