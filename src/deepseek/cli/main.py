@@ -10,7 +10,9 @@ import sys
 COMMANDS = {
     "init": "Write a random checkpoint in the official format.",
     "convert": "Re-encode a checkpoint as FP8 or bf16.",
-    "generate": "Generate text from a checkpoint (greedy).",
+    "generate": "Generate text from a checkpoint through the engine.",
+    "serve": "Serve the DeepSeek API (chat, FIM, models, balance, metrics).",
+    "keys": "Manage API keys: create, list, revoke, rotate.",
 }
 
 

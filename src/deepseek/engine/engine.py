@@ -161,7 +161,9 @@ class LLMEngine:
             finished=finished, finish_reason=seq.finish_reason if finished else None,
             prompt_tokens=seq.num_prompt_tokens, cached_prompt_tokens=seq.cached_prompt_tokens or 0,
             completion_tokens=seq.num_output_tokens,
-            sparse=seq.sparse_stats(self.model.config.index_topk) if finished else None)
+            sparse=seq.sparse_stats(self.model.config.index_topk) if finished else None,
+            queue_time=(seq.first_scheduled_time - seq.arrival_time
+                        if finished and seq.first_scheduled_time is not None else None))
 
     @property
     def num_running(self) -> int:

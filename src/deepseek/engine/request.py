@@ -7,6 +7,7 @@ Request (what the caller asked) -> Sequence (the engine's mutable state for it) 
 from __future__ import annotations
 
 import enum
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,7 @@ class RequestOutput:
     cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     sparse: SparseStats | None = None
+    queue_time: float | None = None        # seconds from arrival to first scheduling (final output)
 
 
 class Sequence:
@@ -91,6 +93,8 @@ class Sequence:
         # Accumulated for SparseStats: keys attended and context length, summed over generated tokens.
         self.attended_sum = 0
         self.context_sum = 0
+        self.arrival_time = time.monotonic()
+        self.first_scheduled_time: float | None = None
 
     @property
     def request_id(self) -> str:

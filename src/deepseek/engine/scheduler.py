@@ -14,6 +14,7 @@ running sequence holds a live block table covering `num_computed` positions.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -102,6 +103,8 @@ class Scheduler:
         if seq.cached_prompt_tokens is None:
             seq.cached_prompt_tokens = min(seq.table.num_cached_tokens, seq.num_prompt_tokens)
         seq.status = Status.RUNNING
+        if seq.first_scheduled_time is None:
+            seq.first_scheduled_time = time.monotonic()
         self.running.append(seq)
 
     def _reserve(self, seq: Sequence, n: int) -> bool:

@@ -110,13 +110,13 @@ class Transformer(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, attention: Attention = "sparse",
                         dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
-                        fp8_resident: bool = False, mtp: bool = True) -> "Transformer":
+                        fp8_resident: bool = False, mtp: bool = True, progress: bool = False) -> "Transformer":
         """Load an official-format checkpoint folder (config.json + safetensors, FP8 or bf16)."""
         from .loader import load_checkpoint
 
         config = ModelConfig.from_file(path)
         with torch.device("meta"):
             model = cls(config, dtype=dtype, attention=attention, mtp=mtp)
-        load_checkpoint(model, path, device=device, fp8_resident=fp8_resident)
+        load_checkpoint(model, path, device=device, fp8_resident=fp8_resident, progress=progress)
         return model.eval().requires_grad_(False)
 

@@ -1,0 +1,1 @@
+"""The DeepSeek-compatible HTTP server."""

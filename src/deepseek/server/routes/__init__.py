@@ -1,0 +1,1 @@
+"""HTTP routes, one module per area; each is mounted at the root and again under /v1."""
