@@ -62,11 +62,12 @@ def _validation_status(errors: list[dict]) -> int:
     if any(e.get("type") in ("json_invalid", "model_attributes_type", "dict_type") and
            tuple(e.get("loc", ()))[:1] == ("body",) and len(e.get("loc", ())) <= 1 for e in errors):
         return 400
-    return 422 if all(e.get("type") in _VALUE_ERRORS for e in errors) else 400
+    # A union field reports one error per branch: any range error means the value was understood.
+    return 422 if any(e.get("type") in _VALUE_ERRORS for e in errors) else 400
 
 
 def _describe(errors: list[dict]) -> tuple[str, str | None]:
-    first = errors[0]
+    first = next((e for e in errors if e.get("type") in _VALUE_ERRORS), errors[0])
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
