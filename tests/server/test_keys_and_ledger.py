@@ -163,3 +163,19 @@ def test_sigterm_drains_a_request_in_flight(tiny_checkpoint, tmp_path):
     assert server.stop() in CLEAN_EXIT
     t.join(30)
     assert result["r"].usage.completion_tokens == 150     # the request in flight was finished first
+
+
+def test_a_retried_request_with_an_idempotency_key_is_generated_and_charged_once(keyed):
+    key = create_key(keyed.db, "idem")
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "tool-result-7"}
+    body = {"model": "deepseek-chat", "messages": LONG, "max_tokens": 5}
+    first = httpx.post(keyed.url + "/chat/completions", json=body, headers=headers, timeout=60)
+    again = httpx.post(keyed.url + "/chat/completions", json=body, headers=headers, timeout=60)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert again.json() == first.json()
+    other = httpx.post(keyed.url + "/chat/completions", json=body, timeout=60,
+                       headers={**headers, "Idempotency-Key": "tool-result-8"})
+    assert other.json()["id"] != first.json()["id"]
+    time.sleep(0.5)
+    assert len(ledger_rows(keyed.db, "idem")) == 2         # two generations, not three

@@ -83,6 +83,7 @@ def build_state(settings: ServerSettings) -> ServerState:
     from deepseek.pricing import DEFAULT_PRICES, load_prices
 
     from .accounts import Accounts
+    from .idempotency import Idempotency
     from .limits import ConcurrencyLimiter, RateLimiter
     from .metrics import Metrics
 
@@ -104,4 +105,5 @@ def build_state(settings: ServerSettings) -> ServerState:
                         settings=settings, accounts=Accounts(db), prices=prices, precision=precision,
                         rate_limiter=RateLimiter(), concurrency=ConcurrencyLimiter())
     state.metrics = Metrics(async_engine)
+    state.idempotency = Idempotency(state.accounts)
     return state

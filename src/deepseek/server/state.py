@@ -56,6 +56,7 @@ class ServerState:
     metrics: object | None = None
     rate_limiter: object | None = None
     concurrency: object | None = None
+    idempotency: object | None = None
     prices: dict = field(default_factory=dict)
     precision: str = "bf16"
     started: float = field(default_factory=time.time)

@@ -14,7 +14,7 @@ from ..generation import Job, Run, chunk_delta, new_request_id
 from ..schemas import ChatRequest
 from ..state import ModelRoute, ServerState
 from ..tools import tool_grammar
-from .common import admit, finish_json, run_to_end, sse_frame, stream_response
+from .common import admit, run_to_end, sse_frame, stream_response
 
 router = APIRouter()
 
@@ -119,17 +119,22 @@ async def _handle(body: ChatRequest, request: Request, beta: bool):
     state: ServerState = request.app.state.server
     key = auth.authorize(state, request)
     job = build_job(state, body, beta, key)
-    slot = admit(state, key)
-    run = Run(state, job)
     if body.stream:
+        slot = admit(state, key)
+        run = Run(state, job)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return stream_response(state, run, slot, _chunks(state, run, include_usage))
-    await run_to_end(state, run, slot, request)
-    response = {**_base(state, job, "chat.completion"),
+
+    async def produce() -> dict:
+        slot = admit(state, key)
+        run = Run(state, job)
+        await run_to_end(state, run, slot, request)
+        return {**_base(state, job, "chat.completion"),
                 "choices": [{"index": 0, "message": _message(run), "logprobs": _logprobs(state, run),
                              "finish_reason": run.finish_reason}],
                 "usage": run.usage.to_dict()}
-    return finish_json(response)
+
+    return await state.idempotency.respond(request, key, produce)
 
 
 async def _chunks(state: ServerState, run: Run, include_usage: bool):

@@ -7,7 +7,7 @@ import json
 from contextlib import aclosing
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from .. import auth
 from ..errors import APIError
@@ -30,10 +30,6 @@ def admit(state: ServerState, key):
 
 def sse_frame(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-def finish_json(body: dict) -> JSONResponse:
-    return JSONResponse(body)
 
 
 async def run_to_end(state: ServerState, run: Run, slot, request: Request) -> None:

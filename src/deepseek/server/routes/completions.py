@@ -16,7 +16,7 @@ from ..errors import APIError
 from ..generation import Job, Run, new_request_id
 from ..schemas import CompletionRequest
 from ..state import ServerState
-from .common import admit, finish_json, run_to_end, sse_frame, stream_response
+from .common import admit, run_to_end, sse_frame, stream_response
 
 router = APIRouter()
 FIM_MAX_TOKENS = 4096
@@ -67,19 +67,25 @@ async def fim_completions(body: CompletionRequest, request: Request):
     state: ServerState = request.app.state.server
     key = auth.authorize(state, request)
     job = build_job(state, body, key)
-    slot = admit(state, key)
-    run = Run(state, job)
     base = {"id": job.request.request_id, "object": "text_completion", "created": job.created,
             "model": body.model, "system_fingerprint": state.fingerprint}
     echo = body.prompt if body.echo else ""
     if body.stream:
+        slot = admit(state, key)
+        run = Run(state, job)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return stream_response(state, run, slot, _chunks(run, base, echo, include_usage))
-    await run_to_end(state, run, slot, request)
-    return finish_json({**base, "choices": [{"index": 0, "text": echo + run.full_text,
-                                             "logprobs": _logprobs(state, run, len(echo)),
-                                             "finish_reason": run.finish_reason}],
-                        "usage": run.usage.to_dict()})
+
+    async def produce() -> dict:
+        slot = admit(state, key)
+        run = Run(state, job)
+        await run_to_end(state, run, slot, request)
+        return {**base, "choices": [{"index": 0, "text": echo + run.full_text,
+                                     "logprobs": _logprobs(state, run, len(echo)),
+                                     "finish_reason": run.finish_reason}],
+                "usage": run.usage.to_dict()}
+
+    return await state.idempotency.respond(request, key, produce)
 
 
 async def _chunks(run: Run, base: dict, echo: str, include_usage: bool):
