@@ -95,7 +95,10 @@ class ContiguousCache:
 
         self.latent = buf(config.kv_lora_rank)
         self.k_pe = buf(config.qk_rope_head_dim)
-        self.index_k = buf(config.index_head_dim) if config.has_indexer else None
+        self.index_k = None
+        if config.has_indexer:   # fp32: the indexer scan reads every key each step; no conversion
+            self.index_k = [torch.zeros(batch_size, max_len, config.index_head_dim, dtype=torch.float32,
+                                        device=device) for _ in range(num_layers)]
 
     def store(self, layer, seq, start, latent, k_pe, index_k) -> None:
         end = start + latent.shape[0]

@@ -66,7 +66,8 @@ class Indexer(nn.Module):
         return fake_quantize_activation(rotate_activation(x), self.scale_fmt)
 
     def keys(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """The cacheable key of every token. x: [N, D] -> [N, Di]."""
+        """The cacheable key of every token. x: [N, D] -> [N, Di]. Caches keep them in fp32 (the
+        values are FP8-exact either way) so the O(T) scan reads them without a conversion."""
         return self._rope_rotate_quantize(self.k_norm(self.wk(x)), cos, sin)
 
     def scores(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor, start: int,
@@ -79,12 +80,14 @@ class Indexer(nn.Module):
         q = self.wq_b(qr).view(s_len, self.n_heads, self.head_dim)
         q = self._rope_rotate_quantize(q, cos, sin).float()                      # [S, Hi, Di]
         w = self.weights_proj(x.float()) * (self.n_heads ** -0.5 * self.head_dim ** -0.5)  # [S, Hi]
-        k = keys.float()
+        k_t = keys.float().t()                                                    # [Di, T]; a view if fp32
         out = torch.empty(s_len, t_len, dtype=torch.float32, device=x.device)
         rows = max(1, _SCORE_BUDGET // max(1, self.n_heads * t_len))
         for r in range(0, s_len, rows):
-            logits = torch.einsum("shd,td->sht", q[r:r + rows], k).relu_()        # [s, Hi, T]
-            out[r:r + rows] = torch.einsum("sht,sh->st", logits, w[r:r + rows])
+            n = min(rows, s_len - r)
+            # One contiguous GEMM for every (query, head) pair, ReLU, then the head-weighted sum.
+            logits = torch.mm(q[r:r + n].reshape(n * self.n_heads, self.head_dim), k_t).relu_()
+            out[r:r + n] = torch.bmm(w[r:r + n].unsqueeze(1), logits.view(n, self.n_heads, t_len)).squeeze(1)
         causal = torch.arange(t_len, device=x.device)[None, :] > (start + torch.arange(s_len, device=x.device))[:, None]
         return out.masked_fill_(causal, float("-inf"))
 
