@@ -76,6 +76,10 @@ class PagedCacheView:
         blocks = torch.tensor([b for table in block_tables for b in table], dtype=torch.long)
         slots = (blocks[:, None] * bs + torch.arange(bs)).flatten().to(cache.device)
         self.slots = list(slots.split([len(table) * bs for table in block_tables]))
+        # A sequence whose blocks are one ascending run (the usual case: the free pool hands out
+        # consecutive ids) is read through a view, so the O(T) reads of a long context copy nothing.
+        self.first_slot = [table[0] * bs if table and list(table) == list(range(table[0], table[0] + len(table)))
+                           else None for table in block_tables]
 
     def store(self, layer: int, seq: int, start: int, latent: torch.Tensor, k_pe: torch.Tensor,
               index_k: torch.Tensor | None) -> None:
@@ -89,21 +93,27 @@ class PagedCacheView:
 
     def load(self, layer: int, seq: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows `[0, end)` of sequence `seq`: (latent [T, R], k_pe [T, Dr], index_k [T, Di] or None)."""
-        slots, c = self._slots(seq, end), self.cache
-        latent = _flat(c.latent[layer]).index_select(0, slots)     # [T, R]
-        k_pe = _flat(c.k_pe[layer]).index_select(0, slots)         # [T, Dr]
-        index_k = _flat(c.index_k[layer]).index_select(0, slots) if c.index_k is not None else None
-        return latent, k_pe, index_k
+        c = self.cache
+        index_k = self._rows(c.index_k[layer], seq, end) if c.index_k is not None else None
+        return self._rows(c.latent[layer], seq, end), self._rows(c.k_pe[layer], seq, end), index_k
 
     def load_index_keys(self, layer: int, seq: int, end: int) -> torch.Tensor:
         """Indexer keys of rows `[0, end)` of sequence `seq`: [T, Di]."""
-        return _flat(self.cache.index_k[layer]).index_select(0, self._slots(seq, end))
+        return self._rows(self.cache.index_k[layer], seq, end)
 
     def gather(self, layer: int, seq: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent and k_pe rows at `positions` [K] of sequence `seq`: [K, R], [K, Dr]."""
         slots = self.slots[seq][positions]
         c = self.cache
         return _flat(c.latent[layer]).index_select(0, slots), _flat(c.k_pe[layer]).index_select(0, slots)
+
+    def _rows(self, t: torch.Tensor, seq: int, end: int) -> torch.Tensor:
+        """Rows [0, end) of one sequence from a layer tensor: a view when its blocks are one run."""
+        slots = self._slots(seq, end)
+        first = self.first_slot[seq]
+        if first is not None:
+            return _flat(t)[first:first + end]
+        return _flat(t).index_select(0, slots)
 
     def _slots(self, seq: int, end: int) -> torch.Tensor:
         """Slots of positions [0, end) of sequence `seq`; a position past its blocks is a caller bug."""
