@@ -54,21 +54,18 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch
 
 def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """MLA layout. x: [N, ..., d]; cos/sin: [N, d/2]. Pairs are (x[2i], x[2i+1])."""
-    shape = x.shape
-    xf = x.float().reshape(*shape[:-1], -1, 2)
-    c, s = _broadcast(cos, xf.dim() - 1), _broadcast(sin, xf.dim() - 1)
-    a, b = xf[..., 0], xf[..., 1]
-    out = torch.stack((a * c - b * s, a * s + b * c), dim=-1)
-    return out.reshape(shape).to(x.dtype)
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    turn = _broadcast(torch.complex(cos, sin), pairs.dim())
+    return torch.view_as_real(pairs * turn).flatten(-2).to(x.dtype)
 
 
 def rotate_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Indexer layout. x: [N, ..., d]; cos/sin: [N, d/2]. Pairs are (x[i], x[i + d/2])."""
-    xf = x.float()
     half = x.shape[-1] // 2
-    c, s = _broadcast(cos, xf.dim()), _broadcast(sin, xf.dim())
-    a, b = xf[..., :half], xf[..., half:]
-    return torch.cat((a * c - b * s, a * s + b * c), dim=-1).to(x.dtype)
+    xf = x.float()
+    pairs = torch.complex(xf[..., :half], xf[..., half:])
+    turned = pairs * _broadcast(torch.complex(cos, sin), pairs.dim())
+    return torch.cat((turned.real, turned.imag), dim=-1).to(x.dtype)
 
 
 def _broadcast(t: torch.Tensor, ndim: int) -> torch.Tensor:
