@@ -9,6 +9,7 @@ import random
 from collections import defaultdict
 
 import pytest
+import torch
 
 from deepseek.engine.request import Request
 from deepseek.engine.sampler import SamplingParams
@@ -133,12 +134,31 @@ def test_abort_mid_stream_and_in_queue_frees_blocks(make_engine):
 def test_same_seed_gives_the_same_text(make_engine):
     p = prompts(1, seed=7)[0]
     params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=25, ignore_eos=True)
-    a = run(make_engine(), [Request("a", p, params), Request("x", prompts(1, seed=8)[0], params)])["a"]
-    b = run(make_engine(), [Request("b", p, params)])["b"]
+    companion = Request("x", prompts(1, seed=8)[0], params)
+    a = run(make_engine(), [Request("a", p, params), companion])["a"]
+    b = run(make_engine(), [Request("a", p, params), companion])["a"]
     c = run(make_engine(), [Request("c", p, SamplingParams(temperature=1.0, top_p=0.9, seed=99,
                                                            max_tokens=25, ignore_eos=True))])["c"]
     assert a[0] == b[0] and a[1] == b[1]
     assert a[0] != c[0]
+
+
+def test_a_seeded_request_is_batch_invariant_in_bf16(tiny_config, tiny_tokenizer):
+    """bf16 (the serving dtype) GEMMs give each row the same bits whatever the batch size, so a
+    seeded request reads the same alone or beside others. (fp32 CPU GEMMs do not: row results
+    change with M, so fp32 only promises the same text for the same batch.)"""
+    from deepseek.engine.engine import EngineConfig, LLMEngine
+    from deepseek.model import Transformer
+    from deepseek.model.checkpoint import init_random_weights
+
+    model = init_random_weights(Transformer(tiny_config, dtype=torch.bfloat16), seed=0).eval().requires_grad_(False)
+    params = SamplingParams(temperature=1.0, seed=77, max_tokens=25, ignore_eos=True)
+    p = prompts(1, seed=7)[0]
+    alone = run(LLMEngine(model, tiny_tokenizer, EngineConfig()), [Request("a", p, params)])["a"]
+    others = [Request(f"o{i}", q, SamplingParams(temperature=1.0, max_tokens=30, ignore_eos=True))
+              for i, q in enumerate(prompts(3, seed=11))]
+    crowded = run(LLMEngine(model, tiny_tokenizer, EngineConfig()), [Request("a", p, params), *others])["a"]
+    assert crowded[0] == alone[0] and crowded[1] == alone[1]
 
 
 def test_stop_strings_never_leak_into_the_output(make_engine, tiny_tokenizer):

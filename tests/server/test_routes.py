@@ -98,8 +98,10 @@ def test_tool_choice_none_and_auto_return_a_valid_message(client):
 
 
 def test_tool_choice_required_forces_a_call(client):
+    # One call (parallel_tool_calls=False): a random model may otherwise chain calls until max_tokens.
     r = client.chat.completions.create(model="deepseek-chat", messages=USER, tools=[WEATHER, TIME],
-                                       tool_choice="required", max_tokens=300, temperature=0)
+                                       tool_choice="required", max_tokens=300, temperature=0,
+                                       parallel_tool_calls=False)
     calls = r.choices[0].message.tool_calls
     assert r.choices[0].finish_reason == "tool_calls" and calls
     for call in calls:

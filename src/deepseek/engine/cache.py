@@ -76,6 +76,8 @@ class PagedCacheView:
         blocks = torch.tensor([b for table in block_tables for b in table], dtype=torch.long)
         slots = (blocks[:, None] * bs + torch.arange(bs)).flatten().to(cache.device)
         self.slots = list(slots.split([len(table) * bs for table in block_tables]))
+        # [B, max slots] padded copy, so a batched gather is a single indexing op.
+        self.slot_table = torch.nn.utils.rnn.pad_sequence(self.slots, batch_first=True) if self.slots else None
         # A sequence whose blocks are one ascending run (the usual case: the free pool hands out
         # consecutive ids) is read through a view, so the O(T) reads of a long context copy nothing.
         self.first_slot = [table[0] * bs if table and list(table) == list(range(table[0], table[0] + len(table)))
@@ -106,6 +108,12 @@ class PagedCacheView:
         slots = self.slots[seq][positions]
         c = self.cache
         return _flat(c.latent[layer]).index_select(0, slots), _flat(c.k_pe[layer]).index_select(0, slots)
+
+    def gather_batch(self, layer: int, seqs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of several sequences: seqs [B], positions [B, K] -> [B, K, R], [B, K, Dr]."""
+        slots = self.slot_table[seqs[:, None], positions]                  # [B, K]
+        c = self.cache
+        return _flat(c.latent[layer])[slots], _flat(c.k_pe[layer])[slots]
 
     def _rows(self, t: torch.Tensor, seq: int, end: int) -> torch.Tensor:
         """Rows [0, end) of one sequence from a layer tensor: a view when its blocks are one run."""

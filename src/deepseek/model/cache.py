@@ -42,6 +42,10 @@ class KVCache(Protocol):
     def gather(self, layer: int, seq: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent and k_pe rows at `positions` [K] (all < the written length): [K, R], [K, Dr]."""
 
+    def gather_batch(self, layer: int, seqs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of several sequences at once: seqs [B], positions [B, K] -> [B, K, R], [B, K, Dr].
+        Padding entries must name a written row (position 0 will do); callers mask them."""
+
 
 @dataclass(frozen=True)
 class ForwardBatch:
@@ -118,3 +122,7 @@ class ContiguousCache:
 
     def gather(self, layer, seq, positions):
         return self.latent[layer][seq, positions], self.k_pe[layer][seq, positions]
+
+    def gather_batch(self, layer, seqs, positions):
+        rows = seqs[:, None].expand_as(positions)
+        return self.latent[layer][rows, positions], self.k_pe[layer][rows, positions]

@@ -80,23 +80,43 @@ class MLA(nn.Module):
 
         out = torch.empty(n, self.n_heads, self.v_dim, dtype=x.dtype, device=x.device)
         cache, layer = batch.cache, self.layer_id
+        decodes: list[tuple[int, int, torch.Tensor]] = []      # (seq, flat row, key positions)
         for seq, sl, start, length in batch.slices():
             end = start + length
             cache.store(layer, seq, start, latent[sl], k_pe[sl], index_k[sl] if index_k is not None else None)
             sparse = batch.sparse[seq] and self._needs_index(end)
-            if length == 1 and sparse:
-                # Sparse decode: scan every indexer key (cheap), read only the selected latent rows.
-                keys = cache.load_index_keys(layer, seq, end)
-                topk = self.indexer.select(x[sl], qr[sl], keys, start, cos[sl], sin[sl])[0]
-                out[sl] = self._absorbed(q_nope[sl], q_pe[sl], *cache.gather(layer, seq, topk))
-            elif length == 1:
-                c_all, pe_all, _ = cache.load(layer, seq, end)
-                out[sl] = self._absorbed(q_nope[sl], q_pe[sl], c_all, pe_all)
-            else:
+            if length > 1:   # prefill chunk: expanded form
                 c_all, pe_all, ik_all = cache.load(layer, seq, end)
                 topk = self.indexer.select(x[sl], qr[sl], ik_all, start, cos[sl], sin[sl]) if sparse else None
                 out[sl] = self._expanded(q_nope[sl], q_pe[sl], c_all, pe_all, start, topk)
+            elif sparse:     # sparse decode: scan every indexer key (cheap), keep index_topk rows
+                keys = cache.load_index_keys(layer, seq, end)
+                decodes.append((seq, sl.start, self.indexer.select(x[sl], qr[sl], keys, start, cos[sl], sin[sl])[0]))
+            else:            # dense decode: every cached row
+                decodes.append((seq, sl.start, torch.arange(end, device=x.device)))
+        if decodes:
+            self._decode(decodes, q_nope, q_pe, cache, out)
         return self.o_proj(out.view(n, -1))
+
+    def _decode(self, decodes, q_nope, q_pe, cache, out) -> None:
+        """Decode form for every decoding sequence of the batch at once: their selected rows are
+        gathered into one padded [B, K] block and attended with batched matmuls."""
+        if len(decodes) == 1:   # one sequence: no padding, and a zero-copy read where possible
+            seq, row, positions = decodes[0]
+            end = int(positions[-1]) + 1
+            if positions.numel() == end:     # dense: rows [0, end)
+                c, pe, _ = cache.load(self.layer_id, seq, end)
+            else:
+                c, pe = cache.gather(self.layer_id, seq, positions)
+            out[row:row + 1] = self._absorbed(q_nope[row:row + 1], q_pe[row:row + 1], c[None], pe[None], None)
+            return
+        seqs = torch.tensor([d[0] for d in decodes], device=out.device)
+        rows = torch.tensor([d[1] for d in decodes], device=out.device)
+        positions = torch.nn.utils.rnn.pad_sequence([d[2] for d in decodes], batch_first=True)   # 0-padded
+        lengths = torch.tensor([len(d[2]) for d in decodes], device=out.device)
+        visible = torch.arange(positions.shape[1], device=out.device)[None, :] < lengths[:, None]
+        c, pe = cache.gather_batch(self.layer_id, seqs, positions)
+        out[rows] = self._absorbed(q_nope[rows], q_pe[rows], c, pe, visible)
 
     def _needs_index(self, context: int) -> bool:
         if self.indexer is None:
@@ -130,17 +150,30 @@ class MLA(nn.Module):
             out[r:r + rows] = torch.einsum("sht,thd->shd", p, v)
         return out
 
-    def _absorbed(self, q_nope, q_pe, c, k_pe):
-        """Decode form (MQA over the latent) for ONE query that sees every given row.
+    def _absorbed(self, q_nope, q_pe, c, k_pe, visible):
+        """Decode form (MQA over the latent), one query per sequence, batched over B sequences.
 
-        q_nope [1,H,Dn], q_pe [1,H,Dr]; c [K,R], k_pe [K,Dr]: all T cached rows (dense) or the
-        index_topk rows the indexer picked (sparse), so the cost is O(K), not O(T).
+        q_nope [B,H,Dn], q_pe [B,H,Dr]; c [B,K,R], k_pe [B,K,Dr]: each sequence's K rows (all of
+        them when dense, the index_topk picks when sparse), so the cost is O(K), not O(T).
+        visible [B,K] masks padding (None: all visible). Returns [B,H,Dv].
         """
-        w = self.kv_b_proj.dequantized_weight(q_nope.dtype).view(
-            self.n_heads, self.nope_dim + self.v_dim, self.kv_rank)
-        w_uk, w_uv = w[:, :self.nope_dim], w[:, self.nope_dim:]            # [H, Dn, R], [H, Dv, R]
-        q_lat = torch.einsum("shd,hdr->shr", q_nope, w_uk)                # [1, H, R]
-        scores = torch.einsum("shr,tr->sht", q_lat, c) + torch.einsum("shd,td->sht", q_pe, k_pe)
-        p = (scores.float() * self.softmax_scale).softmax(dim=-1).to(c.dtype)
-        o_lat = torch.einsum("sht,tr->shr", p, c)                            # [1, H, R]
-        return torch.einsum("shr,hvr->shv", o_lat, w_uv)                     # [1, H, Dv]
+        w_uk, w_uv = self._absorbed_weights(q_nope.dtype)                  # [H,Dn,R], [H,R,Dv]
+        q_lat = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)     # [B,H,R]
+        scores = torch.baddbmm(torch.bmm(q_pe, k_pe.transpose(1, 2)), q_lat, c.transpose(1, 2))  # [B,H,K]
+        scores = scores.float() * self.softmax_scale
+        if visible is not None:
+            scores.masked_fill_(~visible[:, None, :], float("-inf"))
+        o_lat = torch.bmm(scores.softmax(dim=-1).to(c.dtype), c)            # [B,H,R]
+        return torch.bmm(o_lat.transpose(0, 1), w_uv).transpose(0, 1)       # [B,H,Dv]
+
+    def _absorbed_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_UK [H,Dn,R] and W_UV^T [H,R,Dv] from kv_b_proj, contiguous; cached until the weight changes."""
+        weight = self.kv_b_proj.weight
+        key = (dtype, weight.data_ptr(), weight._version)
+        cached = getattr(self, "_absorbed_cache", None)
+        if cached is None or cached[0] != key:
+            w = self.kv_b_proj.dequantized_weight(dtype).view(self.n_heads, self.nope_dim + self.v_dim, self.kv_rank)
+            cached = (key, (w[:, :self.nope_dim].contiguous(), w[:, self.nope_dim:].transpose(1, 2).contiguous()))
+            if weight.dtype != torch.float8_e4m3fn:   # FP8-resident weights stay small: never cache a copy
+                self._absorbed_cache = cached
+        return cached[1]

@@ -84,6 +84,7 @@ class ChatRequest(_Sampling):
     response_format: ResponseFormat | None = None
     tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = True   # OpenAI's switch; false = at most one call
     logprobs: StrictBool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 

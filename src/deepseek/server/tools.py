@@ -29,7 +29,7 @@ _STRICT_FORBIDDEN = {"minLength", "maxLength", "pattern", "format", "minimum", "
                      "patternProperties", "minItems", "maxItems"}
 
 
-def tool_grammar(state, tools: list[dict] | None, choice, beta: bool):
+def tool_grammar(state, tools: list[dict] | None, choice, beta: bool, parallel: bool = True):
     """The grammar a request's tool settings impose on the output, or None for free text."""
     if not tools:
         if choice not in (None, "none", "auto"):
@@ -52,7 +52,7 @@ def tool_grammar(state, tools: list[dict] | None, choice, beta: bool):
         return None
     rules = _Rules(state.token_id(DSML), strict=True in strict)
     chosen = [t for t in tools if named is None or t["function"]["name"] == named]
-    text = rules.grammar(chosen, single=named is not None, optional=choice in (None, "auto"))
+    text = rules.grammar(chosen, single=named is not None or not parallel, optional=choice in (None, "auto"))
     return state.grammars.lark(text)
 
 

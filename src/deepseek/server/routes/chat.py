@@ -68,7 +68,7 @@ def build_job(state: ServerState, body: ChatRequest, beta: bool, key) -> Job:
         prefix = messages.pop()
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     choice = body.tool_choice
-    grammar = tool_grammar(state, tools, choice, beta)
+    grammar = tool_grammar(state, tools, choice, beta, parallel=body.parallel_tool_calls is not False)
     if body.response_format is not None and body.response_format.type == "json_object" and grammar is None:
         grammar = state.grammars.json_object()
     try:
