@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--attention", choices=["sparse", "dense"], default="sparse")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="compute dtype")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model is not None:
             raise FileNotFoundError(f"no checkpoint at {args.model} (tokenizer.json missing)")
         raise FileNotFoundError("pass --model DIR (make one with `deepseek init --preset tiny DIR`)")
-    engine = LLMEngine.from_pretrained(args.model)
+    engine = LLMEngine.from_pretrained(args.model, dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype])
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                             max_tokens=args.max_tokens)
     bos = engine.model.config.bos_token_id

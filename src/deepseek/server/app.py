@@ -89,11 +89,12 @@ def build_state(settings: ServerSettings) -> ServerState:
 
     torch.set_num_threads(settings.threads)
     model_dir = settings.model_dir or default_model_dir()
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[settings.dtype]
     engine = LLMEngine.from_pretrained(model_dir, EngineConfig(max_num_seqs=settings.max_num_seqs,
                                                                cache_bytes=settings.cache_bytes),
-                                       progress=True)
+                                       dtype=dtype, progress=True)
     config = engine.model.config
-    precision = "bf16" + ("_fp8_weights" if config.quantization_config is not None else "")
+    precision = settings.dtype + ("_fp8_weights" if config.quantization_config is not None else "")
     async_engine = AsyncEngine(engine)
     prices = dict(DEFAULT_PRICES)
     if settings.prices_path is not None:

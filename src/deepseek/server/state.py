@@ -44,6 +44,7 @@ class ServerSettings:
     max_num_seqs: int = 32
     cache_bytes: int = 256 << 20
     threads: int = 1
+    dtype: str = "bf16"
 
 
 @dataclass
