@@ -159,9 +159,11 @@ def test_sigterm_drains_a_request_in_flight(tiny_checkpoint, tmp_path):
 
     t = threading.Thread(target=call)
     t.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.metrics()["deepseek_requests_running"] < 1:
+        time.sleep(0.05)
     assert server.stop() in CLEAN_EXIT
-    t.join(30)
+    t.join(60)
     assert result["r"].usage.completion_tokens == 150     # the request in flight was finished first
 
 

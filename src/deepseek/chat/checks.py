@@ -58,7 +58,7 @@ def tool_call_arguments(message: dict, where: str) -> list[tuple[str, dict]]:
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ChatFormatError(f"{where}: tool_calls[{j}].function.arguments is not valid "
                                       f"JSON") from None
         if not isinstance(arguments, dict):

@@ -32,6 +32,10 @@ TOP_LOGPROBS_MAX = 20  # OpenAI's and DeepSeek's limit
 TokenCounts = Union[Mapping[int, int], torch.Tensor]
 
 
+GREEDY_BELOW = 1e-5
+SEED_RANGE = (-(2 ** 63), 2 ** 64)   # what torch.Generator.manual_seed accepts
+
+
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     # written as `not low <= v <= high` so that NaN is refused too
     if not low <= value <= high:
@@ -75,6 +79,8 @@ class SamplingParams:
             raise ValueError(f"top_logprobs must be in [0, {TOP_LOGPROBS_MAX}], got {self.top_logprobs}")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs=True")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+            raise ValueError(f"seed must be in [-2^63, 2^64), got {self.seed}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if any(not isinstance(s, str) or not s for s in self.stop):
@@ -82,7 +88,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below this, logits / temperature overflows fp32 and the softmax turns to NaN (vLLM's cut).
+        return self.temperature < GREEDY_BELOW
 
     @property
     def penalised(self) -> bool:
@@ -162,7 +169,8 @@ def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor, block: int = 1024
     columns = chosen.unsqueeze(1) * block + torch.arange(block, device=weights.device)
     inside = weights.gather(1, columns.clamp(max=n - 1)).double() * (columns < n)
     offset, _ = _search(inside, rest)
-    return chosen * block + offset
+    # Never an id past the row, even for a row of NaN or zero weights (it then picks the last column).
+    return (chosen * block + offset).clamp_(max=n - 1)
 
 
 def _search(weights: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -64,7 +64,7 @@ class _Sampling(_Open):
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = 1.0
-    seed: int | None = None                      # an extension: DeepSeek's schema has no seed
+    seed: Annotated[int, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None   # an extension, as in vLLM
     n: Annotated[int, Field(ge=1, le=1)] | None = 1
 
     @field_validator("stop")

@@ -79,5 +79,14 @@ class ServerState:
                            param="model", code="model_not_found")
         return route
 
+    def encode(self, text: str, param: str) -> tuple[int, ...]:
+        """Prompt text -> token ids; text that is not valid Unicode (a lone surrogate) is a 400."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise APIError(400, f"{param} contains text that is not valid UTF-8 (a lone surrogate?): {e.reason}",
+                           param) from e
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
     def token_id(self, text: str) -> int | None:
         return self.tokenizer.token_to_id(text)

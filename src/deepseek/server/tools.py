@@ -52,8 +52,11 @@ def tool_grammar(state, tools: list[dict] | None, choice, beta: bool, parallel: 
         return None
     rules = _Rules(state.token_id(DSML), strict=True in strict)
     chosen = [t for t in tools if named is None or t["function"]["name"] == named]
-    text = rules.grammar(chosen, single=named is not None or not parallel, optional=choice in (None, "auto"))
-    return state.grammars.lark(text)
+    try:
+        text = rules.grammar(chosen, single=named is not None or not parallel, optional=choice in (None, "auto"))
+        return state.grammars.lark(text)
+    except (ValueError, RecursionError) as e:   # GrammarError is a ValueError; NaN in a schema too
+        raise APIError(400, f"a tool's parameters cannot be enforced: {e}", "tools") from e
 
 
 def check_strict_schema(schema: dict, where: str) -> None:
@@ -61,12 +64,17 @@ def check_strict_schema(schema: dict, where: str) -> None:
     additional ones; some keywords are not allowed."""
     if not isinstance(schema, dict):
         raise APIError(400, f"{where}: a schema must be an object", "tools")
+    for key, kind in (("properties", dict), ("required", list), ("anyOf", list)):
+        if key in schema and not isinstance(schema[key], kind):
+            raise APIError(400, f"{where}: {key} must be a{'n object' if kind is dict else ' list'}", "tools")
     bad = _STRICT_FORBIDDEN & set(schema)
     if bad:
         raise APIError(400, f"{where}: {sorted(bad)[0]} is not allowed in strict mode", "tools")
     if schema.get("type") == "object":
         props = schema.get("properties", {})
-        if set(schema.get("required", [])) != set(props) or schema.get("additionalProperties") is not False:
+        required = schema.get("required", [])
+        if not all(isinstance(r, str) for r in required) or set(required) != set(props) \
+                or schema.get("additionalProperties") is not False:
             raise APIError(400, f"{where}: strict objects must list every property in required and set "
                                 "additionalProperties to false", "tools")
         for key, sub in props.items():
@@ -118,7 +126,7 @@ class _Rules:
 
     def _param(self, key: str, schema: dict) -> str:
         is_string = schema.get("type") == "string" and "enum" not in schema
-        value = "TEXT" if is_string else f"%json{json.dumps(schema)}"
+        value = "TEXT" if is_string else f"%json{json.dumps(schema, allow_nan=False)}"
         flag = "true" if is_string else "false"
         return (f'{self.tag("<", "parameter name=")} "\\"{json.dumps(key)[1:-1]}\\" string=\\"{flag}\\">" '
                 f'{value} {self.tag("</", "parameter>")}')

@@ -41,6 +41,13 @@ def _check_params(body: ChatRequest, thinking: bool) -> None:
 
 
 def _sampling(body: ChatRequest, route: ModelRoute, thinking: bool) -> SamplingParams:
+    try:
+        return _sampling_params(body, route, thinking)
+    except ValueError as e:
+        raise APIError(422, str(e)) from e
+
+
+def _sampling_params(body: ChatRequest, route: ModelRoute, thinking: bool) -> SamplingParams:
     max_tokens = body.max_tokens or route.max_tokens_default
     if max_tokens > route.max_tokens_limit:
         raise APIError(422, f"max_tokens must be at most {route.max_tokens_limit} for {route.id}",
@@ -76,7 +83,7 @@ def build_job(state: ServerState, body: ChatRequest, beta: bool, key) -> Job:
     except ChatFormatError as e:
         raise APIError(400, str(e), "messages") from e
     parse_thinking = continues_in_reasoning(prefix, thinking) if prefix is not None else thinking
-    ids = tuple(state.tokenizer.encode(prompt, add_special_tokens=False).ids)
+    ids = state.encode(prompt, "messages")
     request = EngineRequest(
         new_request_id(), ids, _sampling(body, route, thinking), sparse=route.sparse,
         salt=getattr(key, "cache_salt", b"") or b"", grammar=grammar,

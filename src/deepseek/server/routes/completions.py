@@ -31,13 +31,11 @@ def build_job(state: ServerState, body: CompletionRequest, key) -> Job:
     max_tokens = body.max_tokens or 1024
     if max_tokens > FIM_MAX_TOKENS:
         raise APIError(422, f"max_tokens must be at most {FIM_MAX_TOKENS} for FIM completion", "max_tokens")
-    ids = tuple(state.tokenizer.encode(encode_fim(body.prompt, body.suffix), add_special_tokens=False).ids)
-    params = SamplingParams(
-        temperature=body.temperature if body.temperature is not None else 1.0,
-        top_p=body.top_p if body.top_p is not None else 1.0,
-        frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
-        max_tokens=max_tokens, stop=body.stop if body.stop is not None else (), seed=body.seed,
-        logprobs=body.logprobs is not None and body.logprobs > 0, top_logprobs=body.logprobs or 0)
+    ids = state.encode(encode_fim(body.prompt, body.suffix), "prompt")
+    try:
+        params = _params(body, max_tokens)
+    except ValueError as e:
+        raise APIError(422, str(e)) from e
     request = EngineRequest(new_request_id(), ids, params, sparse=route.sparse,
                             salt=getattr(key, "cache_salt", b"") or b"")
     try:
@@ -45,6 +43,15 @@ def build_job(state: ServerState, body: CompletionRequest, key) -> Job:
     except ValueError as e:
         raise APIError(400, str(e), "prompt") from e
     return Job(route, body.model, request, parse_thinking=False, parse_tools=False, key=key)
+
+
+def _params(body: CompletionRequest, max_tokens: int) -> SamplingParams:
+    return SamplingParams(
+        temperature=body.temperature if body.temperature is not None else 1.0,
+        top_p=body.top_p if body.top_p is not None else 1.0,
+        frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
+        max_tokens=max_tokens, stop=body.stop if body.stop is not None else (), seed=body.seed,
+        logprobs=body.logprobs is not None and body.logprobs > 0, top_logprobs=body.logprobs or 0)
 
 
 def _logprobs(state: ServerState, run: Run, offset: int) -> dict | None:

@@ -9,6 +9,7 @@ deepseek-v3.2); each prediction is the matching non-streaming chat.completion ob
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from fastapi import APIRouter, Request
@@ -19,6 +20,7 @@ from ..schemas import ChatRequest
 from . import chat
 from .info import health
 
+log = logging.getLogger(__name__)
 DEFAULT_PREDICT_ROUTE = "/predict"
 DEFAULT_HEALTH_ROUTE = "/vertex/health"
 
@@ -32,7 +34,7 @@ def make_router() -> APIRouter:
     async def predict(request: Request):
         try:
             body = await request.json()
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise APIError(400, f"Malformed JSON body: {e}") from e
         instances = body.get("instances") if isinstance(body, dict) else None
         if not isinstance(instances, list) or not instances:
@@ -59,3 +61,6 @@ async def _predict_one(request: Request, instance) -> dict:
         return error_body(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
     except APIError as e:
         return error_body(e.status, e.message, e.param)
+    except Exception:  # noqa: BLE001 - a bug in one instance must not fail the others
+        log.exception("vertex instance failed")
+        return error_body(500, "The server had an error while processing this instance.")
