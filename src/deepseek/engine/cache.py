@@ -93,6 +93,19 @@ class PagedCacheView:
         if c.index_k is not None and index_k is not None:
             _flat(c.index_k[layer]).index_copy_(0, slots, index_k.float())
 
+    def store_tokens(self, layer: int, seqs: torch.Tensor, positions: torch.Tensor, latent: torch.Tensor,
+                     k_pe: torch.Tensor, index_k: torch.Tensor | None) -> None:
+        """Write every token of the call at once: one index_copy_ per kind, whatever the batch."""
+        lengths = torch.tensor([s.shape[0] for s in self.slots], device=positions.device)
+        if bool((positions >= lengths[seqs]).any()):
+            raise ValueError("a token's position lies past its sequence's blocks")
+        slots = self.slot_table[seqs, positions]
+        c = self.cache
+        _flat(c.latent[layer]).index_copy_(0, slots, latent.to(c.dtype))
+        _flat(c.k_pe[layer]).index_copy_(0, slots, k_pe.to(c.dtype))
+        if c.index_k is not None and index_k is not None:
+            _flat(c.index_k[layer]).index_copy_(0, slots, index_k.float())
+
     def load(self, layer: int, seq: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows `[0, end)` of sequence `seq`: (latent [T, R], k_pe [T, Dr], index_k [T, Di] or None)."""
         c = self.cache

@@ -14,6 +14,7 @@ The cache stores, per layer and per token, exactly what MLA and the indexer need
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +33,11 @@ class KVCache(Protocol):
     def store(self, layer: int, seq: int, start: int, latent: torch.Tensor, k_pe: torch.Tensor,
               index_k: torch.Tensor | None) -> None:
         """Write rows `[start, start + len)` for one sequence: latent [S, R], k_pe [S, Dr], index_k [S, Di]."""
+
+    def store_tokens(self, layer: int, seqs: torch.Tensor, positions: torch.Tensor, latent: torch.Tensor,
+                     k_pe: torch.Tensor, index_k: torch.Tensor | None) -> None:
+        """Write the rows of every token of a forward call at once: token i of sequence seqs[i] at
+        positions[i]; seqs, positions [N], latent [N, R], k_pe [N, Dr], index_k [N, Di]."""
 
     def load(self, layer: int, seq: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows `[0, end)` of one sequence: (latent [T, R], k_pe [T, Dr], index_k [T, Di] or None)."""
@@ -75,7 +81,19 @@ class ForwardBatch:
 
     def positions(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """Absolute position of every flat token, [N] int64."""
-        return torch.cat([torch.arange(p, p + n) for p, n in zip(self.starts, self.lengths)]).to(device)
+        return self._token_layout[1].to(device)
+
+    def token_seqs(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Batch index of the sequence every flat token belongs to, [N] int64."""
+        return self._token_layout[0].to(device)
+
+    @functools.cached_property
+    def _token_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor(self.lengths)
+        seqs = torch.repeat_interleave(torch.arange(len(self.lengths)), lengths)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        positions = torch.arange(int(lengths.sum())) - offsets[seqs] + torch.tensor(self.starts)[seqs]
+        return seqs, positions
 
     def last_token_indices(self) -> list[int]:
         """Flat index of each sequence's last new token (where next-token logits are read)."""
@@ -112,6 +130,14 @@ class ContiguousCache:
         self.k_pe[layer][seq, start:end] = k_pe
         if self.index_k is not None and index_k is not None:
             self.index_k[layer][seq, start:end] = index_k
+
+    def store_tokens(self, layer, seqs, positions, latent, k_pe, index_k) -> None:
+        if positions.numel() and int(positions.max()) >= self.max_len:
+            raise ValueError(f"cache holds {self.max_len} tokens per sequence; a write reaches {int(positions.max()) + 1}")
+        self.latent[layer][seqs, positions] = latent.to(self.latent[layer].dtype)
+        self.k_pe[layer][seqs, positions] = k_pe.to(self.k_pe[layer].dtype)
+        if self.index_k is not None and index_k is not None:
+            self.index_k[layer][seqs, positions] = index_k.float()
 
     def load(self, layer, seq, end):
         index_k = self.index_k[layer][seq, :end] if self.index_k is not None else None

@@ -80,10 +80,10 @@ class MLA(nn.Module):
 
         out = torch.empty(n, self.n_heads, self.v_dim, dtype=x.dtype, device=x.device)
         cache, layer = batch.cache, self.layer_id
-        decodes: list[tuple[int, int, torch.Tensor]] = []      # (seq, flat row, key positions)
+        cache.store_tokens(layer, batch.token_seqs(x.device), batch.positions(x.device), latent, k_pe, index_k)
+        decodes: list[tuple[int, int, int, torch.Tensor | None]] = []   # (seq, flat row, end, sparse picks)
         for seq, sl, start, length in batch.slices():
             end = start + length
-            cache.store(layer, seq, start, latent[sl], k_pe[sl], index_k[sl] if index_k is not None else None)
             sparse = batch.sparse[seq] and self._needs_index(end)
             if length > 1:   # prefill chunk: expanded form
                 c_all, pe_all, ik_all = cache.load(layer, seq, end)
@@ -91,30 +91,36 @@ class MLA(nn.Module):
                 out[sl] = self._expanded(q_nope[sl], q_pe[sl], c_all, pe_all, start, topk)
             elif sparse:     # sparse decode: scan every indexer key (cheap), keep index_topk rows
                 keys = cache.load_index_keys(layer, seq, end)
-                decodes.append((seq, sl.start, self.indexer.select(x[sl], qr[sl], keys, start, cos[sl], sin[sl])[0]))
+                picks = self.indexer.select(x[sl], qr[sl], keys, start, cos[sl], sin[sl])[0]
+                decodes.append((seq, sl.start, end, picks))
             else:            # dense decode: every cached row
-                decodes.append((seq, sl.start, torch.arange(end, device=x.device)))
+                decodes.append((seq, sl.start, end, None))
         if decodes:
             self._decode(decodes, q_nope, q_pe, cache, out)
         return self.o_proj(out.view(n, -1))
 
     def _decode(self, decodes, q_nope, q_pe, cache, out) -> None:
-        """Decode form for every decoding sequence of the batch at once: their selected rows are
-        gathered into one padded [B, K] block and attended with batched matmuls."""
+        """Decode form for every decoding sequence of the batch at once: their rows (all of them,
+        or the indexer's picks) are gathered into one padded [B, K] block and attended with bmm."""
         if len(decodes) == 1:   # one sequence: no padding, and a zero-copy read where possible
-            seq, row, positions = decodes[0]
-            end = int(positions[-1]) + 1
-            if positions.numel() == end:     # dense: rows [0, end)
+            seq, row, end, picks = decodes[0]
+            if picks is None:
                 c, pe, _ = cache.load(self.layer_id, seq, end)
             else:
-                c, pe = cache.gather(self.layer_id, seq, positions)
+                c, pe = cache.gather(self.layer_id, seq, picks)
             out[row:row + 1] = self._absorbed(q_nope[row:row + 1], q_pe[row:row + 1], c[None], pe[None], None)
             return
-        seqs = torch.tensor([d[0] for d in decodes], device=out.device)
-        rows = torch.tensor([d[1] for d in decodes], device=out.device)
-        positions = torch.nn.utils.rnn.pad_sequence([d[2] for d in decodes], batch_first=True)   # 0-padded
-        lengths = torch.tensor([len(d[2]) for d in decodes], device=out.device)
-        visible = torch.arange(positions.shape[1], device=out.device)[None, :] < lengths[:, None]
+        device = out.device
+        counts = torch.tensor([end if picks is None else picks.numel() for _, _, end, picks in decodes], device=device)
+        width = int(counts.max())
+        span = torch.arange(width, device=device)
+        visible = span[None, :] < counts[:, None]                                # [B, K]
+        positions = torch.where(visible, span[None, :], 0)                       # padding reads row 0
+        for i, (_, _, _, picks) in enumerate(decodes):
+            if picks is not None:
+                positions[i, :picks.numel()] = picks
+        seqs = torch.tensor([d[0] for d in decodes], device=device)
+        rows = torch.tensor([d[1] for d in decodes], device=device)
         c, pe = cache.gather_batch(self.layer_id, seqs, positions)
         out[rows] = self._absorbed(q_nope[rows], q_pe[rows], c, pe, visible)
 
