@@ -13,6 +13,10 @@ COMMANDS = {
     "generate": "Generate text from a checkpoint through the engine.",
     "serve": "Serve the DeepSeek API (chat, FIM, models, balance, metrics).",
     "keys": "Manage API keys: create, list, revoke, rotate.",
+    "chat": "Chat in the terminal with a DeepSeek API (streaming, reasoning, tool calls).",
+    "batch": "Run a JSONL file of chat requests concurrently; resumable, results in input order.",
+    "compare": "Run prompts on two models; table, log and markdown report (similarity, latency, cost).",
+    "usage": "Report tokens and cost from the server's ledger, by key, model or day.",
 }
 
 
