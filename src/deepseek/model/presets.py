@@ -4,8 +4,9 @@
   both regimes (context below and above it). About 5M parameters.
 * `peer`  — the 9.2M-parameter tiny V3 shape peers run on CPU (vLLM's CPU MLA needs kv_lora 512,
   rope 64), plus an indexer; used to compare throughput with HF transformers.
-* `bench` — weights dominate the step time at short context; ~150M parameters, index_topk 2048,
-  YaRN to 160K like the real model. Used by the memory and context-scaling benchmarks.
+* `bench` — weights dominate the step time at short context; ~270M parameters (with MTP),
+  index_topk 2048, indexer heads = attention heads / 2 and YaRN to 160K like the real model.
+  Used by the memory and context-scaling benchmarks.
 * `671b`  — the official DeepSeek-V3.2 config.json (spec §2). Only for meta-device inspection.
 """
 
@@ -55,7 +56,8 @@ PRESETS: dict[str, dict] = {
         "num_attention_heads": 8, "num_key_value_heads": 8, "q_lora_rank": 512, "kv_lora_rank": 512,
         "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
         "n_routed_experts": 16, "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2,
-        "index_n_heads": 16, "index_head_dim": 128, "index_topk": 2048,
+        # Half as many indexer heads as attention heads, as in the real model (64 vs 128).
+        "index_n_heads": 4, "index_head_dim": 128, "index_topk": 2048,
         "max_position_embeddings": 163840,
         "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
                          "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
