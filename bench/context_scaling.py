@@ -6,10 +6,11 @@ every layer of a `PagedKVCache` directly with random values of realistic scale, 
 `model.step` for ONE new token at position T through a `PagedCacheView` (block table, slot mapping,
 cache write and reads as in the engine), plus the fp32 LM head. The block table is one ascending
 run of block ids, as a fresh engine's free pool hands out (--shuffle-blocks: a scattered one).
-The scales are measured, not guessed: the standard deviation of each cached kind (KV latent after RMSNorm and its FP8 round trip,
-rotated k_pe, indexer key after LayerNorm, Hadamard and FP8) per layer, from a real prefill of 256
-random tokens; each row is then drawn from N(0, that std). Each point is the median of several
-steps after one warm-up step.
+The scales are measured, not guessed: the standard deviation of each cached kind (KV latent after
+RMSNorm and its FP8 round trip, rotated k_pe, indexer key after LayerNorm, Hadamard and FP8) per
+layer, from a real prefill of 256 random tokens; each row is then drawn from N(0, that std). Each
+point is the median of several steps after one warm-up step, sparse and dense steps alternating;
+wall and CPU time are both reported (CPU time is the steadier one when other jobs share the cores).
 
 Goals: sparse >= 3x faster than dense at 64K; sparse step time at 64K <= 2.5x its 1K time. A
 breakdown of the sparse (and dense) step at the largest context says where the time goes:
@@ -171,7 +172,8 @@ def main() -> None:
     from deepseek.model import Transformer
 
     torch.set_num_threads(args.threads)
-    preset, contexts, steps = ("tiny", [128, 512], 2) if args.quick else ("bench", sorted(args.contexts), args.steps)
+    preset, contexts, steps = (("tiny", [128, 512], 2) if args.quick
+                               else ("bench", sorted(args.contexts), args.steps))
     model = Transformer.from_pretrained(checkpoint(args.dir / preset, preset), mtp=False)
     scales = measured_scales(model)
     cache = filled_cache(model, contexts[-1], args.block_size, scales, args.shuffle_blocks)

@@ -9,8 +9,8 @@ prefill at the engine's default budget of 512 tokens per step; model loading exc
   prefix + a different tail; only the blocks after the shared prefix are computed.
 
 Preset: `bench` (max_position_embeddings 163840, index_topk 2048, ~150M parameters, random FP8
-weights). Its cold 8K sparse prefill took ~76 s on this machine (1 thread, quiet), under the ~2 minute
-limit past which the issue allowed a smaller model, so no smaller config is derived. Other jobs on
+weights). Its cold 8K sparse prefill takes about a minute on this machine (1 thread, quiet), under
+the ~2 minute limit past which the issue allowed a smaller model, so no smaller config is derived. Other jobs on
 the shared 2 cores can stretch the wall time, so CPU time (`time.process_time`, the 1 thread's
 work) is reported beside it. Attention is
 sparse (DSA, the V3.2 default) unless --attention dense. Timers around the attention parts of the
@@ -129,7 +129,8 @@ def main() -> None:
     model = Transformer.from_pretrained(folder, mtp=False)
     with other_load() as load:
         measured = run(model, load_tokenizer(folder), args)
-    result = {"preset": preset, "params": sum(p.numel() for p in model.parameters()), "prompt_tokens": args.prompt, "tail_tokens": args.tail, "attention": args.attention,
+    result = {"preset": preset, "params": sum(p.numel() for p in model.parameters()),
+              "prompt_tokens": args.prompt, "tail_tokens": args.tail, "attention": args.attention,
               "threads": args.threads, **measured, "other_load_cores": load["cores"]}
     result["goals"] = {"warm <= cold / 20": result["speedup"] >= 20,
                        "warm reuses the whole prefix": all(w["cached_prompt_tokens"] == result["prefix_tokens"]

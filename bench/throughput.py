@@ -268,6 +268,7 @@ def main() -> None:
     summary_cpu = {t: summarize(rows, t, "tok_per_cpu_s") for t in threads if t == 1}
     name = "throughput-quick" if args.quick else "throughput"
     result = {"preset": preset, "params": sum(p.numel() for p in llm.engine.model.parameters()),
+              "hf_params": sum(p.numel() for p in hf.parameters()),
               "prompt_tokens": 16, "new_tokens": new_tokens, "repeats": repeats, "dtype": "bfloat16",
               "sanity": check, "results": rows, "summary": summary, "summary_cpu_time_1_thread": summary_cpu,
               "goals": {t: goals(s) for t, s in summary.items()},

@@ -181,7 +181,7 @@ def test_writing_past_a_sequences_blocks_is_refused(model):
 
 def test_cache_size_follows_the_memory_budget(model):
     per_block = PagedKVCache.bytes_per_block(model.config, 5, BLOCK, torch.bfloat16)
-    assert per_block == 5 * BLOCK * ((128 + 64) * 2 + 128 * 4)   # latent + k_pe in bf16, indexer keys fp32
+    assert per_block == 5 * BLOCK * (128 + 64 + 128) * 2   # latent, k_pe and (FP8-exact) indexer keys in bf16
     assert PagedKVCache.blocks_for_budget(model.config, 5, BLOCK, torch.bfloat16, 10 * per_block + 1) == 10
     with pytest.raises(ValueError, match="holds no block"):
         PagedKVCache.blocks_for_budget(model.config, 5, BLOCK, torch.bfloat16, per_block - 1)

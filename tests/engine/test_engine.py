@@ -105,7 +105,7 @@ def test_two_tenants_never_share_blocks(make_engine):
 def test_preemption_under_a_small_cache_keeps_outputs_and_frees_everything(make_engine):
     ps = prompts(5, seed=5, low=40, high=60)
     requests = [Request(f"p{i}", p, GREEDY) for i, p in enumerate(ps)]
-    small = make_engine(block_size=16, cache_bytes=12 * 16 * 5 * (128 + 64 + 128) * 4)  # 12 blocks
+    small = make_engine(block_size=16, cache_bytes=12 * 16 * 5 * ((128 + 64) * 4 + 128 * 2))  # 12 blocks
     assert small.blocks.num_blocks == 12
     squeezed = run(small, requests, check_every_step=True)
     assert small.scheduler.num_preemptions > 0

@@ -115,3 +115,51 @@ def test_future_keys_are_never_selectable(tiny_model):
     scores = indexer.scores(x, qr, indexer.keys(x, cos, sin), 0, cos, sin)
     future = torch.arange(100)[None, :] > torch.arange(100)[:, None]
     assert torch.isneginf(scores[future]).all() and torch.isfinite(scores[~future]).all()
+
+
+def _real_keys_and_queries(indexer, cfg, total, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(total, cfg.hidden_size, generator=g)
+    qr = torch.randn(total, cfg.q_lora_rank, generator=g)
+    cos, sin = rope_cos_sin(yarn_inv_freq(cfg), torch.arange(total))
+    keys = indexer.keys(x, cos, sin).to(torch.bfloat16)
+    q, w = indexer.queries(x[-1:], qr[-1:], cos[-1:], sin[-1:])
+    return keys, q[0], w[0]
+
+
+def test_bf16_keys_hold_the_fp8_values_exactly(tiny_model):
+    indexer, cfg = tiny_model.model.layers[1].self_attn.indexer, tiny_model.config
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, cfg.hidden_size, generator=g)
+    cos, sin = rope_cos_sin(yarn_inv_freq(cfg), torch.arange(50))
+    keys = indexer.keys(x, cos, sin)
+    assert torch.equal(keys.to(torch.bfloat16).float(), keys.float())
+
+
+def test_screened_decode_selection_equals_the_exact_one(tiny_model):
+    """The bf16 scan with error bounds must return exactly the fp32 top-k, ties included."""
+    from deepseek.model.indexer import exact_scores, screened_topk, topk_positions
+
+    indexer, cfg = tiny_model.model.layers[2].self_attn.indexer, tiny_model.config
+    k = cfg.index_topk
+    for seed in range(12):
+        keys, q, w = _real_keys_and_queries(indexer, cfg, 700, seed)
+        cases = [(q, w), (q, -w.abs()), (q, w * 0)]            # ordinary, all scores <= 0, all ties at 0
+        dup = keys.clone()
+        dup[::2] = keys[0]                                      # many identical keys: exact ties
+        for qq, ww in cases:
+            for kk in (keys, dup):
+                exact = topk_positions(exact_scores(qq[None], ww[None], kk), k)[0]
+                screened = screened_topk(qq, ww, kk, k, indexer.key_norm_bound())
+                assert torch.equal(torch.sort(screened).values, torch.sort(exact).values), seed
+
+
+def test_decode_takes_the_screened_path_on_long_contexts(tiny_model):
+    indexer, cfg = tiny_model.model.layers[1].self_attn.indexer, tiny_model.config
+    keys, _, _ = _real_keys_and_queries(indexer, cfg, 400, 3)
+    g = torch.Generator().manual_seed(5)
+    x, qr = torch.randn(1, cfg.hidden_size, generator=g), torch.randn(1, cfg.q_lora_rank, generator=g)
+    cos, sin = rope_cos_sin(yarn_inv_freq(cfg), torch.tensor([399]))
+    fast = indexer.select(x, qr, keys, 399, cos, sin)                       # bf16 keys, T >= 4k: screened
+    slow = indexer.select(x, qr, keys.float(), 399, cos, sin)               # fp32 keys: the exact scan
+    assert torch.equal(torch.sort(fast[0]).values, torch.sort(slow[0]).values)

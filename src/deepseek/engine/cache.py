@@ -34,8 +34,8 @@ class PagedKVCache:
         self.latent = buf(config.kv_lora_rank)                                   # [blocks, B, R]
         self.k_pe = buf(config.qk_rope_head_dim)                                 # [blocks, B, Dr]
         self.index_k = None                                                      # [blocks, B, Di]
-        if config.has_indexer:   # fp32: the indexer scan reads every key each step; no conversion
-            self.index_k = [torch.zeros(num_blocks, block_size, config.index_head_dim, dtype=torch.float32,
+        if config.has_indexer:   # bf16 holds the FP8-exact keys without loss, at half of fp32's bytes
+            self.index_k = [torch.zeros(num_blocks, block_size, config.index_head_dim, dtype=torch.bfloat16,
                                         device=device) for _ in range(num_layers)]
 
     @staticmethod
@@ -43,7 +43,7 @@ class PagedKVCache:
                         dtype: torch.dtype = torch.bfloat16) -> int:
         """Bytes one block takes across all layers and kinds."""
         width = (config.kv_lora_rank + config.qk_rope_head_dim) * dtype.itemsize
-        width += config.index_head_dim * 4 if config.has_indexer else 0      # indexer keys are fp32
+        width += config.index_head_dim * 2 if config.has_indexer else 0      # indexer keys are bf16
         return num_layers * block_size * width
 
     @classmethod
@@ -91,7 +91,7 @@ class PagedCacheView:
         _flat(c.latent[layer]).index_copy_(0, slots, latent.to(c.dtype))
         _flat(c.k_pe[layer]).index_copy_(0, slots, k_pe.to(c.dtype))
         if c.index_k is not None and index_k is not None:
-            _flat(c.index_k[layer]).index_copy_(0, slots, index_k.float())
+            _flat(c.index_k[layer]).index_copy_(0, slots, index_k.to(torch.bfloat16))
 
     def store_tokens(self, layer: int, seqs: torch.Tensor, positions: torch.Tensor, latent: torch.Tensor,
                      k_pe: torch.Tensor, index_k: torch.Tensor | None) -> None:
@@ -104,7 +104,7 @@ class PagedCacheView:
         _flat(c.latent[layer]).index_copy_(0, slots, latent.to(c.dtype))
         _flat(c.k_pe[layer]).index_copy_(0, slots, k_pe.to(c.dtype))
         if c.index_k is not None and index_k is not None:
-            _flat(c.index_k[layer]).index_copy_(0, slots, index_k.float())
+            _flat(c.index_k[layer]).index_copy_(0, slots, index_k.to(torch.bfloat16))
 
     def load(self, layer: int, seq: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows `[0, end)` of sequence `seq`: (latent [T, R], k_pe [T, Dr], index_k [T, Di] or None)."""

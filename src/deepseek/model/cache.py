@@ -118,8 +118,8 @@ class ContiguousCache:
         self.latent = buf(config.kv_lora_rank)
         self.k_pe = buf(config.qk_rope_head_dim)
         self.index_k = None
-        if config.has_indexer:   # fp32: the indexer scan reads every key each step; no conversion
-            self.index_k = [torch.zeros(batch_size, max_len, config.index_head_dim, dtype=torch.float32,
+        if config.has_indexer:   # bf16 holds the FP8-exact keys without loss, at half of fp32's bytes
+            self.index_k = [torch.zeros(batch_size, max_len, config.index_head_dim, dtype=torch.bfloat16,
                                         device=device) for _ in range(num_layers)]
 
     def store(self, layer, seq, start, latent, k_pe, index_k) -> None:
@@ -129,7 +129,7 @@ class ContiguousCache:
         self.latent[layer][seq, start:end] = latent
         self.k_pe[layer][seq, start:end] = k_pe
         if self.index_k is not None and index_k is not None:
-            self.index_k[layer][seq, start:end] = index_k
+            self.index_k[layer][seq, start:end] = index_k.to(torch.bfloat16)
 
     def store_tokens(self, layer, seqs, positions, latent, k_pe, index_k) -> None:
         if positions.numel() and int(positions.max()) >= self.max_len:
@@ -137,7 +137,7 @@ class ContiguousCache:
         self.latent[layer][seqs, positions] = latent.to(self.latent[layer].dtype)
         self.k_pe[layer][seqs, positions] = k_pe.to(self.k_pe[layer].dtype)
         if self.index_k is not None and index_k is not None:
-            self.index_k[layer][seqs, positions] = index_k.float()
+            self.index_k[layer][seqs, positions] = index_k.to(torch.bfloat16)
 
     def load(self, layer, seq, end):
         index_k = self.index_k[layer][seq, :end] if self.index_k is not None else None

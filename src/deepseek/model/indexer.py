@@ -66,9 +66,17 @@ class Indexer(nn.Module):
         return fake_quantize_activation(rotate_activation(x), self.scale_fmt)
 
     def keys(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """The cacheable key of every token. x: [N, D] -> [N, Di]. Caches keep them in fp32 (the
-        values are FP8-exact either way) so the O(T) scan reads them without a conversion."""
+        """The cacheable key of every token. x: [N, D] -> [N, Di]. The values are FP8-exact, so
+        caches keep them in bf16 without loss (half the bytes the O(T) scan has to read)."""
         return self._rope_rotate_quantize(self.k_norm(self.wk(x)), cos, sin)
+
+    def queries(self, x: torch.Tensor, qr: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index queries [S, Hi, Di] fp32 (FP8-exact) and head weights [S, Hi] fp32, scale folded in."""
+        q = self.wq_b(qr).view(x.shape[0], self.n_heads, self.head_dim)
+        q = self._rope_rotate_quantize(q, cos, sin).float()
+        w = self.weights_proj(x.float()) * (self.n_heads ** -0.5 * self.head_dim ** -0.5)
+        return q, w
 
     def scores(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor, start: int,
                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -76,18 +84,9 @@ class Indexer(nn.Module):
 
         x: [S, D], qr: [S, q_lora_rank], keys: [T, Di] -> I: [S, T] fp32, −inf where t > start + s.
         """
-        s_len, t_len = x.shape[0], keys.shape[0]
-        q = self.wq_b(qr).view(s_len, self.n_heads, self.head_dim)
-        q = self._rope_rotate_quantize(q, cos, sin).float()                      # [S, Hi, Di]
-        w = self.weights_proj(x.float()) * (self.n_heads ** -0.5 * self.head_dim ** -0.5)  # [S, Hi]
-        k_t = keys.float().t()                                                    # [Di, T]; a view if fp32
-        out = torch.empty(s_len, t_len, dtype=torch.float32, device=x.device)
-        rows = max(1, _SCORE_BUDGET // max(1, self.n_heads * t_len))
-        for r in range(0, s_len, rows):
-            n = min(rows, s_len - r)
-            # One contiguous GEMM for every (query, head) pair, ReLU, then the head-weighted sum.
-            logits = torch.mm(q[r:r + n].reshape(n * self.n_heads, self.head_dim), k_t).relu_()
-            out[r:r + n] = torch.bmm(w[r:r + n].unsqueeze(1), logits.view(n, self.n_heads, t_len)).squeeze(1)
+        q, w = self.queries(x, qr, cos, sin)
+        out = exact_scores(q, w, keys)
+        s_len, t_len = out.shape
         causal = torch.arange(t_len, device=x.device)[None, :] > (start + torch.arange(s_len, device=x.device))[:, None]
         return out.masked_fill_(causal, float("-inf"))
 
@@ -96,10 +95,60 @@ class Indexer(nn.Module):
         """Top-k key positions per query, [S, min(index_topk, T)] int64, ascending.
 
         Early prefill rows have fewer than k visible keys; their surplus picks are future positions
-        (score −inf), which the attention's causal mask removes again (spec §8.5).
+        (score −inf), which the attention's causal mask removes again (spec §8.5). A decode step over a
+        long context takes the screened path, which returns the very same set, faster.
         """
-        return topk_positions(self.scores(x, qr, keys, start, cos, sin), min(self.index_topk, keys.shape[0]))
+        k = min(self.index_topk, keys.shape[0])
+        if x.shape[0] == 1 and keys.shape[0] >= _SCREEN_FROM * k and keys.dtype == torch.bfloat16:
+            q, w = self.queries(x, qr, cos, sin)
+            return screened_topk(q[0], w[0], keys, k, self.key_norm_bound())[None]
+        return topk_positions(self.scores(x, qr, keys, start, cos, sin), k)
 
+    def key_norm_bound(self) -> float:
+        """An upper bound on ||k||_2 of any cached key: LayerNorm output (|γ|·sqrt(Di) + ||β||),
+        kept by RoPE and the orthonormal Hadamard, times the FP8 round trip's 1 + 2^-3."""
+        gamma = float(self.k_norm.weight.abs().max())
+        beta = float(self.k_norm.bias.norm())
+        return (gamma * self.head_dim ** 0.5 + beta) * (1 + 2 ** -3)
+
+
+# The screened decode path pays off once the context is this many times index_topk.
+_SCREEN_FROM = 4
+
+
+def exact_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """I[s, t] = Σ_h w[s,h] · ReLU(q[s,h] · k[t]) in fp32. q [S,Hi,Di], w [S,Hi], keys [T,Di] -> [S,T]."""
+    s_len, n_heads, head_dim = q.shape
+    t_len = keys.shape[0]
+    k_t = keys.float().t()                                                        # [Di, T]
+    out = torch.empty(s_len, t_len, dtype=torch.float32, device=q.device)
+    rows = max(1, _SCORE_BUDGET // max(1, n_heads * t_len))
+    for r in range(0, s_len, rows):
+        n = min(rows, s_len - r)
+        # One contiguous GEMM for every (query, head) pair, ReLU, then the head-weighted sum.
+        logits = torch.mm(q[r:r + n].reshape(n * n_heads, head_dim), k_t).relu_()
+        out[r:r + n] = torch.bmm(w[r:r + n].unsqueeze(1), logits.view(n, n_heads, t_len)).squeeze(1)
+    return out
+
+
+def screened_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, k: int, key_norm: float) -> torch.Tensor:
+    """The exact top-k of one query's index scores, with the O(T) scan done in bf16.
+
+    q [Hi, Di] and the bf16 keys [T, Di] hold FP8 values times power-of-two scales, so both are exact
+    in bf16; only the bf16 GEMM's output is rounded. With the bound below on each score's error,
+    every key that can reach the true top-k survives the screen (upper bound >= the k-th best lower
+    bound); those few are rescored exactly and ranked with the usual tie rule. Returns [k] positions.
+    """
+    approx = torch.mm(q.to(torch.bfloat16), keys.t()).float()                    # [Hi, T]
+    # Per logit: output rounding (2^-8 relative, doubled) + fp32 accumulation (Di·2^-24·||q_h||·||k||,
+    # quadrupled; the same for every key). ReLU is 1-Lipschitz: a score errs by at most Σ_h |w_h|·that.
+    accumulation = float(w.abs() @ q.norm(dim=1)) * 4 * q.shape[1] * 2 ** -24 * key_norm
+    score = torch.mm(w[None], approx.relu()).squeeze(0)                          # [T]
+    error = torch.mm(w.abs()[None], approx.abs()).squeeze(0).mul_(2 ** -7).add_(accumulation).mul_(1 + 2 ** -10)
+    floor = (score - error).topk(k).values.min()
+    candidates = (score + error >= floor).nonzero().squeeze(1)                    # ascending positions
+    exact = exact_scores(q[None], w[None], keys.index_select(0, candidates))     # [1, C]
+    return candidates[topk_positions(exact, k)[0]]
 
 def topk_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The k best columns of each row of `scores` [S, T], ties broken towards later positions.
