@@ -35,13 +35,15 @@ from common import checkpoint, emit, other_load, random_prompts, save_plot, time
 
 
 def prefill_parts(model) -> list[tuple[object, str, str]]:
-    """Timed parts of a prefill step. kv_b_proj runs inside `_expanded`: reported, not summed."""
+    """Timed parts of a prefill step; "(inside ...)" parts are nested in another: reported, not summed."""
     import deepseek.model.indexer as indexer
     from deepseek.engine.cache import PagedCacheView
     from deepseek.model.mla import MLA
 
-    parts = [(PagedCacheView, "store", "cache write"), (PagedCacheView, "load", "cache read, all T rows"),
-             (indexer.Indexer, "scores", "indexer: scoring"), (indexer, "topk_positions", "indexer: top-k"),
+    parts = [(PagedCacheView, "store", "cache write"), (PagedCacheView, "store_tokens", "cache write"),
+             (PagedCacheView, "load", "cache read, all T rows"),
+             (indexer.Indexer, "select", "indexer: select (scan of all T keys, top-k)"),
+             (indexer.Indexer, "scores", "(inside select) scan"), (indexer, "topk_positions", "(inside select) top-k"),
              (MLA, "_expanded", "attention, expanded form")]
     for layer in model.model.layers:
         parts.append((layer.self_attn.kv_b_proj, "forward", "(inside expanded) kv_b_proj over cached rows"))
