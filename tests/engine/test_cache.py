@@ -176,7 +176,7 @@ def test_writing_past_a_sequences_blocks_is_refused(model):
     view = new_cache(model, num_blocks=4).view([[2]])
     rows = torch.zeros(17, 128), torch.zeros(17, 64), torch.zeros(17, 128)
     with pytest.raises(ValueError, match="16 slots"):
-        view.store(0, 0, 0, *rows)
+        view.store_tokens(0, torch.zeros(17, dtype=torch.long), torch.arange(17), *rows)
 
 
 def test_cache_size_follows_the_memory_budget(model):

@@ -78,27 +78,21 @@ class PagedCacheView:
         self.slots = list(slots.split([len(table) * bs for table in block_tables]))
         # [B, max slots] padded copy, so a batched gather is a single indexing op.
         self.slot_table = torch.nn.utils.rnn.pad_sequence(self.slots, batch_first=True) if self.slots else None
+        self.slot_counts = torch.tensor([len(table) * bs for table in block_tables], device=cache.device)
         # A sequence whose blocks are one ascending run (the usual case: the free pool hands out
         # consecutive ids) is read through a view, so the O(T) reads of a long context copy nothing.
         self.first_slot = [table[0] * bs if table and list(table) == list(range(table[0], table[0] + len(table)))
                            else None for table in block_tables]
 
-    def store(self, layer: int, seq: int, start: int, latent: torch.Tensor, k_pe: torch.Tensor,
-              index_k: torch.Tensor | None) -> None:
-        """Write rows `[start, start + S)` of sequence `seq`: latent [S, R], k_pe [S, Dr], index_k [S, Di]."""
-        slots = self._slots(seq, start + latent.shape[0])[start:]
-        c = self.cache
-        _flat(c.latent[layer]).index_copy_(0, slots, latent.to(c.dtype))
-        _flat(c.k_pe[layer]).index_copy_(0, slots, k_pe.to(c.dtype))
-        if c.index_k is not None and index_k is not None:
-            _flat(c.index_k[layer]).index_copy_(0, slots, index_k.to(torch.bfloat16))
-
     def store_tokens(self, layer: int, seqs: torch.Tensor, positions: torch.Tensor, latent: torch.Tensor,
                      k_pe: torch.Tensor, index_k: torch.Tensor | None) -> None:
         """Write every token of the call at once: one index_copy_ per kind, whatever the batch."""
-        lengths = torch.tensor([s.shape[0] for s in self.slots], device=positions.device)
-        if bool((positions >= lengths[seqs]).any()):
-            raise ValueError("a token's position lies past its sequence's blocks")
+        past = positions >= self.slot_counts[seqs]
+        if bool(past.any()):
+            i = int(past.nonzero()[0, 0])
+            seq = int(seqs[i])
+            raise ValueError(f"sequence {seq} has {int(self.slot_counts[seq])} slots in its blocks; "
+                             f"position {int(positions[i])} needs more")
         slots = self.slot_table[seqs, positions]
         c = self.cache
         _flat(c.latent[layer]).index_copy_(0, slots, latent.to(c.dtype))

@@ -47,9 +47,8 @@ class LLMEngine:
                                model.dtype, model.device)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens),
                                    self.blocks)
-        self.runner = ModelRunner(model, self.kv)
-        if tokenizer is not None:
-            self.runner.num_valid_tokens = min(mc.vocab_size, tokenizer.get_vocab_size())
+        valid = min(mc.vocab_size, tokenizer.get_vocab_size()) if tokenizer is not None else None
+        self.runner = ModelRunner(model, self.kv, num_valid_tokens=valid)
         self.seqs: dict[str, Sequence] = {}
 
     @classmethod

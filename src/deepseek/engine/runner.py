@@ -28,12 +28,13 @@ class Sampled:
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, kv: PagedKVCache, sampler: Sampler | None = None):
+    def __init__(self, model: Transformer, kv: PagedKVCache, sampler: Sampler | None = None,
+                 num_valid_tokens: int | None = None):
         self.model, self.kv = model, kv
         self.sampler = sampler or Sampler()
         self.eos = model.config.eos_token_id
         # Tokenizers may have fewer entries than the model's (padded) vocabulary: never sample those.
-        self.num_valid_tokens = model.config.vocab_size
+        self.num_valid_tokens = num_valid_tokens or model.config.vocab_size
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> dict[Sequence, Sampled]:

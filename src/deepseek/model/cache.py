@@ -26,13 +26,9 @@ from .config import ModelConfig
 class KVCache(Protocol):
     """Per-layer token storage for the sequences of a forward batch (indexed 0..B-1 in that batch).
 
-    Invariant: `load(layer, seq, end)` returns rows `[0, end)` exactly as written by `store`, so a
+    Invariant: `load(layer, seq, end)` returns rows `[0, end)` exactly as written by `store_tokens`, so a
     sequence's attention never depends on how its tokens were split across calls.
     """
-
-    def store(self, layer: int, seq: int, start: int, latent: torch.Tensor, k_pe: torch.Tensor,
-              index_k: torch.Tensor | None) -> None:
-        """Write rows `[start, start + len)` for one sequence: latent [S, R], k_pe [S, Dr], index_k [S, Di]."""
 
     def store_tokens(self, layer: int, seqs: torch.Tensor, positions: torch.Tensor, latent: torch.Tensor,
                      k_pe: torch.Tensor, index_k: torch.Tensor | None) -> None:
@@ -121,15 +117,6 @@ class ContiguousCache:
         if config.has_indexer:   # bf16 holds the FP8-exact keys without loss, at half of fp32's bytes
             self.index_k = [torch.zeros(batch_size, max_len, config.index_head_dim, dtype=torch.bfloat16,
                                         device=device) for _ in range(num_layers)]
-
-    def store(self, layer, seq, start, latent, k_pe, index_k) -> None:
-        end = start + latent.shape[0]
-        if end > self.max_len:
-            raise ValueError(f"cache holds {self.max_len} tokens per sequence; a write reaches {end}")
-        self.latent[layer][seq, start:end] = latent
-        self.k_pe[layer][seq, start:end] = k_pe
-        if self.index_k is not None and index_k is not None:
-            self.index_k[layer][seq, start:end] = index_k.to(torch.bfloat16)
 
     def store_tokens(self, layer, seqs, positions, latent, k_pe, index_k) -> None:
         if positions.numel() and int(positions.max()) >= self.max_len:

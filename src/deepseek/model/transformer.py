@@ -54,6 +54,9 @@ class Transformer(nn.Module):
         self.model = DeepseekModel(config, dtype, mtp)
         # The reference computes logits in fp32 from an fp32 copy of the head.
         self.lm_head = Linear(config.hidden_size, config.vocab_size, quantized=False, dtype=torch.float32)
+        # Depends on the config only: computed once, on the CPU (the model may be built on "meta").
+        with torch.device("cpu"):
+            self.inv_freq = yarn_inv_freq(config)
 
     @property
     def num_cache_layers(self) -> int:
@@ -74,7 +77,7 @@ class Transformer(nn.Module):
 
     def _rope(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         positions = batch.positions(self.device)
-        cos, sin = rope_cos_sin(yarn_inv_freq(self.config), positions)
+        cos, sin = rope_cos_sin(self.inv_freq, positions)
         return positions, cos, sin
 
     def step(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
