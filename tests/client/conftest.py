@@ -1,6 +1,6 @@
 """Fixtures for the SDK and its tools: a real keyed server, per-test keys, a client, a stub server.
 
-The real server is `tests/server/conftest.py`'s `Server` (a `deepseek serve` process on 127.0.0.1
+The real server is `tests/server/server_process.py`'s `Server` (a `deepseek serve` process on 127.0.0.1
 with the tiny random checkpoint). It runs with API keys so that each test can take a fresh key and
 read exactly its own rows back from the ledger, whatever else ran before it.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from sdk_helpers import Server, Stub   # Server also for `from conftest import Server` in tests/server
+from sdk_helpers import Server, Stub
 
 from deepseek.server.accounts import Accounts
 

@@ -15,16 +15,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
-def _load_server_conftest():
-    # tests/ is not a package; load the server tests' helper under a name of its own.
-    path = Path(__file__).resolve().parent.parent / "server" / "conftest.py"
+def _load_server_process():
+    # tests/ is not a package, and tests/server may not be on sys.path: load the module by its path.
+    path = Path(__file__).resolve().parent.parent / "server" / "server_process.py"
     spec = importlib.util.spec_from_file_location("_server_test_helpers", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-Server = _load_server_conftest().Server
+Server = _load_server_process().Server
 
 USER = [{"role": "user", "content": "Say hello."}]
 WEATHER = {"type": "function", "function": {

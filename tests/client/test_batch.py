@@ -18,7 +18,8 @@ from deepseek.client.batch import read_done, read_items, run_batch
 
 def write_input(path, n: int, max_tokens: int = 3, extra_lines=()):
     lines = [json.dumps({"custom_id": f"q{i}", "body": {
-        "messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": max_tokens}}) for i in range(n)]
+        "messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": max_tokens,
+        "temperature": 0}}) for i in range(n)]
     path.write_text("\n".join([*lines, *extra_lines]) + "\n")
 
 

@@ -43,7 +43,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 
-from conftest import Server
+from server_process import Server
 from fuzz_strategies import pick_mode, predict_body, tame
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,11 @@ import httpx
 import openai
 import pytest
 
-from conftest import Server
+from server_process import Server
 
 # uvicorn re-raises the SIGTERM it handled after its graceful shutdown, so -15 is a clean exit too.
 CLEAN_EXIT = (0, -signal.SIGTERM)
+# Requests that must still be running when a test acts are greedy: sampling could end them early on an EOS.
 LONG = [{"role": "system", "content": "You answer briefly and precisely. " * 6},
         {"role": "user", "content": "What is sparse attention?"}]
 
@@ -77,7 +78,7 @@ def test_rate_limit_is_429_with_retry_after(keyed):
 
 def test_concurrency_limit_is_429_with_retry_after(keyed):
     client = keyed.client(api_key=keyed.keys["single"])
-    stream = client.chat.completions.create(model="deepseek-chat", messages=LONG, max_tokens=400, stream=True)
+    stream = client.chat.completions.create(model="deepseek-chat", messages=LONG, max_tokens=400, stream=True, temperature=0)
     next(iter(stream))                        # the first request is now in flight
     try:
         with pytest.raises(openai.RateLimitError) as err:
@@ -114,7 +115,7 @@ def test_ledger_totals_equal_the_usage_clients_saw(keyed):
     chunks = list(stream)
     u = chunks[-1].usage
     seen.append((chunks[0].id, u.prompt_tokens, u.prompt_cache_hit_tokens, u.completion_tokens))
-    aborted = client.chat.completions.create(model="deepseek-chat", messages=LONG, max_tokens=500, stream=True)
+    aborted = client.chat.completions.create(model="deepseek-chat", messages=LONG, max_tokens=500, stream=True, temperature=0)
     aborted_id = next(iter(aborted)).id
     aborted.close()
     with pytest.raises(openai.UnprocessableEntityError):
@@ -130,7 +131,7 @@ def test_ledger_totals_equal_the_usage_clients_saw(keyed):
 def test_disconnect_mid_stream_returns_blocks_and_running_to_baseline(keyed):
     before = keyed.metrics()
     client = keyed.client(api_key=keyed.keys["main"])
-    streams = [client.chat.completions.create(model="deepseek-chat", messages=LONG, max_tokens=600, stream=True)
+    streams = [client.chat.completions.create(model="deepseek-chat", messages=LONG, max_tokens=600, stream=True, temperature=0)
                for _ in range(3)]
     for s in streams:
         next(iter(s))
@@ -155,7 +156,9 @@ def test_sigterm_drains_a_request_in_flight(tiny_checkpoint, tmp_path):
     result = {}
 
     def call():
-        result["r"] = server.client().chat.completions.create(model="deepseek-chat", messages=LONG, max_tokens=150)
+        # Greedy, so the run is the same every time (sampling could end early on an EOS).
+        result["r"] = server.client().chat.completions.create(model="deepseek-chat", messages=LONG, max_tokens=150,
+                                                              temperature=0)
 
     t = threading.Thread(target=call)
     t.start()

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from conftest import Server
+from server_process import Server
 
 BODY = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -26,7 +26,7 @@ def test_queued_stream_gets_keepalives_and_a_full_queue_gets_503(busy):
     ahead_started = threading.Event()
 
     def hog():
-        with httpx.stream("POST", busy.url + "/chat/completions", json={**BODY, "max_tokens": 400},
+        with httpx.stream("POST", busy.url + "/chat/completions", json={**BODY, "max_tokens": 400, "temperature": 0},   # greedy: no early EOS
                           timeout=120) as r:
             for _ in r.iter_lines():
                 ahead_started.set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from conftest import Server, free_port
+from server_process import Server, free_port
 
 
 def test_vertex_predict_and_health_routes(tiny_checkpoint, tmp_path):
