@@ -29,11 +29,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model is None or not args.model.exists():
-        if args.model is not None:
-            raise FileNotFoundError(f"no checkpoint at {args.model} (tokenizer.json missing)")
-        raise FileNotFoundError("pass --model DIR (make one with `deepseek init --preset tiny DIR`)")
-    engine = LLMEngine.from_pretrained(args.model, dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype])
+    from deepseek.assets import default_model_dir
+
+    if args.model is not None and not args.model.exists():
+        raise FileNotFoundError(f"no checkpoint at {args.model}")
+    engine = LLMEngine.from_pretrained(args.model or default_model_dir(), dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype])
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                             max_tokens=args.max_tokens)
     bos = engine.model.config.bos_token_id

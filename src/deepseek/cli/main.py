@@ -17,6 +17,8 @@ COMMANDS = {
     "batch": "Run a JSONL file of chat requests concurrently; resumable, results in input order.",
     "compare": "Run prompts on two models; table, log and markdown report (similarity, latency, cost).",
     "usage": "Report tokens and cost from the server's ledger, by key, model or day.",
+    "train": "Train the default model from scratch with the V3.2 recipe (resumable).",
+    "eval": "Evaluate a checkpoint on held-out data: perplexity, sparse vs dense, FP8, tools, JSON, code.",
 }
 
 

@@ -4,6 +4,8 @@
   both regimes (context below and above it). About 5M parameters.
 * `peer`  — the 9.2M-parameter tiny V3 shape peers run on CPU (vLLM's CPU MLA needs kv_lora 512,
   rope 64), plus an indexer; used to compare throughput with HF transformers.
+* `nano`  — the shipped default model `deepseek-v3.2-nano` (trained by `deepseek train --recipe nano`):
+  the `tiny` shape with a 4096-entry BPE, trained at 1024 tokens with index_topk 128 (1/8 of it).
 * `bench` — weights dominate the step time at short context; ~270M parameters (with MTP),
   index_topk 2048, indexer heads = attention heads / 2 and YaRN to 160K like the real model.
   Used by the memory and context-scaling benchmarks.
@@ -46,6 +48,17 @@ PRESETS: dict[str, dict] = {
         "qk_nope_head_dim": 32, "qk_rope_head_dim": 64, "v_head_dim": 32,
         "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
         "index_n_heads": 4, "index_head_dim": 128, "index_topk": 64,
+        "max_position_embeddings": 4096,
+        "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 1024,
+                         "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+    },
+    "nano": {
+        "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 512, "moe_intermediate_size": 128,
+        "num_hidden_layers": 4, "first_k_dense_replace": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "q_lora_rank": 128, "kv_lora_rank": 128,
+        "qk_nope_head_dim": 64, "qk_rope_head_dim": 64, "v_head_dim": 64,
+        "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+        "index_n_heads": 4, "index_head_dim": 128, "index_topk": 128,
         "max_position_embeddings": 4096,
         "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 1024,
                          "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},

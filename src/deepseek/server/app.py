@@ -61,19 +61,6 @@ def create_app(state: ServerState) -> FastAPI:
     return app
 
 
-def default_model_dir() -> Path:
-    """The bundled nano model when the package ships one, else a tiny random checkpoint (made once)."""
-    bundled = Path(__file__).resolve().parent.parent / "assets" / "nano"
-    if (bundled / "config.json").exists():
-        return bundled
-    cache = Path.home() / ".cache" / "deepseek" / "tiny-random"
-    if not (cache / "config.json").exists():
-        from deepseek.cli.init import init_checkpoint
-        init_checkpoint(cache, "tiny", seed=0)
-    log.warning("no bundled model: serving a tiny RANDOM checkpoint from %s (its answers are noise)", cache)
-    return cache
-
-
 def build_state(settings: ServerSettings) -> ServerState:
     import torch
 
@@ -88,6 +75,8 @@ def build_state(settings: ServerSettings) -> ServerState:
     from .metrics import Metrics
 
     torch.set_num_threads(settings.threads)
+    from deepseek.assets import default_model_dir
+
     model_dir = settings.model_dir or default_model_dir()
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[settings.dtype]
     engine = LLMEngine.from_pretrained(model_dir, EngineConfig(max_num_seqs=settings.max_num_seqs,

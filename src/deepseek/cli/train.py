@@ -1,0 +1,29 @@
+"""`deepseek train --recipe nano`: train the default model from scratch, resumably (deepseek/train/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from deepseek.train.recipe import RECIPES
+
+    p.add_argument("--recipe", choices=list(RECIPES), default="nano")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/nano"),
+                   help="tokenizer, token streams, stage states and loss plots; rerun to resume")
+    p.add_argument("--out", type=Path, default=None, help="the FP8 export (default: WORK_DIR/export)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from deepseek.train.recipe import RECIPES, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = train(RECIPES[args.recipe], args.work_dir, args.out)
+    print(json.dumps(summary, indent=2))
+    return 0

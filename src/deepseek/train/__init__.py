@@ -1,0 +1,1 @@
+"""Training the nano model: synthetic data, tokenizer, recipe stages and export."""

@@ -1,0 +1,142 @@
+"""Token streams for training and evaluation: the tokenizer, then documents packed end to end.
+
+A document is a stdlib source file (`BOS + text + EOS`) or one synthetic conversation
+(`prompt + completion`, which already carry BOS and EOS). Training reads windows of `context + 1`
+tokens packed from them (attention may cross a document boundary; the BOS tells the model where a
+new one begins), but a conversation is never cut: its tool schema, request and answer always share
+a window. The windows are cached in the work folder as safetensors, so a resumed run reads the very
+same tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from deepseek.tokenizer import BOS, EOS, load_tokenizer, train_byte_bpe, write_tokenizer
+
+from . import data
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """How many tokens to draw, and the share of them that is Python source."""
+
+    tokens: int
+    code_share: float
+    seed: int
+
+
+def code_document(text: str) -> str:
+    return BOS + text + EOS
+
+
+def chat_document(example: data.Example) -> str:
+    return example.prompt + example.completion
+
+
+def build_tokenizer(folder: Path, vocab_size: int, max_length: int, seed: int, code_bytes: int = 3_000_000,
+                    chat_examples: int = 6000):
+    """Train (once) a byte-level BPE on a sample of both kinds of text; saved as tokenizer.json."""
+    if (folder / "tokenizer.json").exists():
+        return load_tokenizer(folder)
+    files = data.stdlib_files("train")
+    random.Random(seed).shuffle(files)
+    texts, size = [], 0
+    for _, text in files:
+        texts.append(text)
+        size += len(text)
+        if size >= code_bytes:
+            break
+    texts += [chat_document(e) for e in data.mixture(chat_examples, "train", seed)]
+    tokenizer = train_byte_bpe(texts, vocab_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(tokenizer, folder, max_length)
+    return load_tokenizer(folder)
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def _code_documents(tokenizer, split: str, budget: int, rng: random.Random) -> list[list[int]]:
+    files = data.stdlib_files(split)
+    rng.shuffle(files)
+    docs, total = [], 0
+    for i in range(0, len(files), 64):
+        for ids in _encode(tokenizer, [code_document(text) for _, text in files[i:i + 64]]):
+            docs.append(ids)
+            total += len(ids)
+            if total >= budget:
+                return docs
+    return docs          # the split holds fewer tokens than asked: use all of it
+
+
+def _chat_documents(tokenizer, split: str, budget: int, seed: int) -> list[list[int]]:
+    docs, total, batch = [], 0, 0
+    while total < budget:
+        for ids in _encode(tokenizer, [chat_document(e) for e in data.mixture(2000, split, seed * 1000 + batch)]):
+            docs.append(ids)
+            total += len(ids)
+        batch += 1
+    return docs
+
+
+def pack(code: list[list[int]], chat: list[list[int]], length: int, rng: random.Random) -> torch.Tensor:
+    """Windows [N, length] int32: every conversation whole inside one window (a tool call never loses
+    its schema to a window boundary), the space left after them filled with Python source, which
+    also fills the remaining windows on its own. Conversations longer than a window are dropped."""
+    source = [t for doc in code for t in doc]
+    cursor, rows, row = 0, [], []
+    for doc in chat:
+        if len(doc) > length:
+            continue
+        if len(row) + len(doc) > length:
+            take = source[cursor:cursor + length - len(row)]
+            cursor += len(take)
+            rows.append(row + take)
+            row = []
+        row = row + doc
+    rows.append(row)
+    while cursor < len(source):
+        rows.append(source[cursor:cursor + length])
+        cursor += length
+    rows = [r for r in rows if len(r) == length]        # only the last one of each kind can be short
+    rng.shuffle(rows)
+    return torch.tensor(rows, dtype=torch.int32).view(-1, length)
+
+
+def build_windows(tokenizer, split: str, mixture: Mixture, length: int) -> torch.Tensor:
+    """About `mixture.tokens` tokens as shuffled windows [N, length] int32."""
+    rng = random.Random(mixture.seed)
+    code = _code_documents(tokenizer, split, int(mixture.tokens * mixture.code_share), rng)
+    code_tokens = sum(map(len, code))
+    chat = _chat_documents(tokenizer, split, max(0, mixture.tokens - code_tokens), mixture.seed)
+    return pack(code, chat, length, rng)
+
+
+def cached_tokens(path: Path, make) -> torch.Tensor:
+    """The tensor saved at `path`, made (once) by `make()`."""
+    from safetensors.torch import load_file, save_file
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"tokens": make()}, str(path))
+    return load_file(str(path))["tokens"]
+
+
+def heldout_windows(tokenizer, kind: str, count: int, length: int, seed: int) -> torch.Tensor:
+    """`count` held-out windows of one kind ("code" or "chat"): [count, length] int64."""
+    mixture = Mixture(tokens=(count + 2) * length, code_share=1.0 if kind == "code" else 0.0, seed=seed)
+    if kind == "chat":      # conversations only: pad each window's tail with more conversations
+        docs = _chat_documents(tokenizer, "heldout", mixture.tokens, seed)
+        stream = torch.tensor([t for doc in docs for t in doc])
+        rows = stream[:count * length].view(-1, length) if stream.numel() >= count * length else None
+    else:
+        rows = build_windows(tokenizer, "heldout", mixture, length)
+    if rows is None or len(rows) < count:
+        raise ValueError(f"the held-out {kind} split has fewer than {count} windows of {length} tokens")
+    return rows[:count].long()

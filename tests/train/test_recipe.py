@@ -1,0 +1,91 @@
+"""The whole recipe, at smoke scale: stages run, resume, export a loadable FP8 checkpoint, evaluate."""
+
+import json
+
+import pytest
+import torch
+
+from deepseek.model import Transformer
+from deepseek.train import loop
+from deepseek.train.recipe import RECIPES, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    return work, train(RECIPES["smoke"], work, progress=False)
+
+
+def test_every_stage_runs_and_plots_its_losses(trained):
+    work, summary = trained
+    assert list(summary["stages"]) == ["dense", "indexer_warmup", "sparse", "mtp"]
+    for name, stage in summary["stages"].items():
+        assert stage["last"]["step"] == stage["steps"] - 1
+        assert (work / f"{name}.png").stat().st_size > 0
+    assert "index_kl" in summary["stages"]["indexer_warmup"]["last"]
+    assert "index_kl" in summary["stages"]["sparse"]["last"]
+
+
+def test_dense_stage_lowers_the_loss(trained):
+    dense = trained[1]["stages"]["dense"]["last"]["lm"]
+    assert dense < torch.log(torch.tensor(512.0)).item()        # below a uniform guess
+
+
+def test_the_fp8_export_loads_in_the_official_format(trained):
+    work, summary = trained
+    folder = summary["export"]["fp8"]
+    config = json.loads((work / "export" / "config.json").read_text())
+    assert config["quantization_config"]["fmt"] == "e4m3"
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    from safetensors import safe_open
+    with safe_open(str(work / "export" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("model.layers.0.self_attn.q_a_proj.weight").dtype == torch.float8_e4m3fn
+        assert "model.layers.2.self_attn.indexer.wk.weight" in f.keys()     # the MTP layer's indexer
+    assert model.config.index_topk == 16
+
+
+def test_a_rerun_resumes_finished_stages_without_training(trained, monkeypatch):
+    work, summary = trained
+    monkeypatch.setattr(loop, "run_stage", lambda *a, **k: pytest.fail("a finished stage ran again"))
+    import deepseek.train.recipe as recipe
+    monkeypatch.setattr(recipe, "run_stage", loop.run_stage)
+    again = train(RECIPES["smoke"], work, progress=False)
+    assert again["stages"]["dense"]["last"] == summary["stages"]["dense"]["last"]
+
+
+def test_an_interrupted_stage_resumes_from_its_last_save(tmp_path):
+    from deepseek.train.recipe import build_model
+    recipe = RECIPES["smoke"]
+    stage = loop.Stage("dense", 4, 1e-3, "main", recipe.stages[0].mode, warmup=1)
+    batches = torch.randint(20, 500, (4, 2, 33), generator=torch.Generator().manual_seed(0))
+    straight = build_model(recipe)
+    loop.run_stage(straight, stage, lambda step: batches[step], tmp_path / "a", save_every=2, progress=False)
+
+    def interrupted(step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return batches[step]
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_stage(build_model(recipe), stage, interrupted, tmp_path / "b", save_every=2, progress=False)
+    resumed = build_model(recipe)       # a fresh process: weights and AdamW moments come from the file
+    log = loop.run_stage(resumed, stage, lambda step: batches[step], tmp_path / "b", save_every=2, progress=False)
+    assert [r["step"] for r in log] == [0, 1, 2, 3]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_eval_reports_every_figure(trained, tmp_path):
+    from deepseek.cli.main import main
+    work, summary = trained
+    out = tmp_path / "figures.json"
+    assert main(["eval", "--model", summary["export"]["fp8"], "--bf16-twin", summary["export"]["bf16"],
+                 "--quick", "--output", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    language = figures["language"]
+    for kind in ("code", "chat"):
+        assert language[kind]["ppl_dense"] > 1 and "fp8_over_bf16" in language[kind]
+    assert 0 < language["coverage"]["mean"] <= 1
+    assert set(figures["generation"]) == {"tool_call", "json", "code"}
