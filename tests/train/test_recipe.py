@@ -89,3 +89,19 @@ def test_eval_reports_every_figure(trained, tmp_path):
         assert language[kind]["ppl_dense"] > 1 and "fp8_over_bf16" in language[kind]
     assert 0 < language["coverage"]["mean"] <= 1
     assert set(figures["generation"]) == {"tool_call", "json", "code"}
+
+
+def test_post_training_windows_hold_whole_conversations_and_mask_only_replies(tmp_path):
+    from deepseek.tokenizer import BOS, EOS
+    from deepseek.train import corpus
+
+    tokenizer = corpus.build_tokenizer(tmp_path, 1024, 4096, seed=0, code_bytes=200_000, chat_examples=500)
+    eos = tokenizer.token_to_id(EOS)
+    tokens, mask = corpus.build_sft_windows(tokenizer, "train", 6, 1025, seed=3, eos_id=eos)
+    assert tokens.shape == mask.shape == (6, 1025)
+    for row, m in zip(tokens.tolist(), mask.tolist()):
+        text = tokenizer.decode(row, skip_special_tokens=False)
+        assert text.startswith(BOS)                                # a window opens with a conversation
+        replies = tokenizer.decode([t for t, keep in zip(row, m) if keep], skip_special_tokens=False)
+        assert replies.count(EOS) == text.count(BOS)               # one reply per conversation
+        assert "<｜User｜>" not in replies and "## Tools" not in replies

@@ -54,11 +54,15 @@ class LLM:
         sparse = (attention or self.attention) == "sparse"
         requests = [Request(f"offline-{next(self._ids)}", self.encode(p), sp, sparse=sparse, salt=salt)
                     for p, sp in zip(prompts, params)]
+        return self.run(requests)
+
+    def run(self, requests: list[Request]) -> list[Completion]:
+        """Run fully built requests (grammars, stop rules, ...) together; results in request order.
+        Every request is validated before any is queued, so a bad one cannot strand the others."""
+        for r in requests:
+            self.engine.validate(r)
         for r in requests:
             self.engine.add_request(r)
-        return self._collect(requests)
-
-    def _collect(self, requests: list[Request]) -> list[Completion]:
         parts = {r.request_id: ([], [], []) for r in requests}
         done = {}
         while len(done) < len(requests):

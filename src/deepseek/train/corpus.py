@@ -128,6 +128,36 @@ def cached_tokens(path: Path, make) -> torch.Tensor:
     return load_file(str(path))["tokens"]
 
 
+SFT_WEIGHTS = {"tool_call": 0.4, "tool_answer": 0.2, "json": 0.2, "qa": 0.1, "thinking": 0.1}
+
+
+def build_sft_windows(tokenizer, split: str, count: int, length: int, seed: int,
+                      eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Post-training windows: whole conversations only, each window's tail padded with EOS.
+
+    Returns (tokens [count, length] int32, answer mask [count, length] uint8): the mask is 1 on the
+    tokens of the assistant's replies, the only ones the supervised loss counts."""
+    rows, masks, row, mask, batch = [], [], [], [], 0
+    while len(rows) < count:
+        examples = data.mixture(2000, split, seed * 1000 + batch, SFT_WEIGHTS)
+        prompts = _encode(tokenizer, [e.prompt for e in examples])
+        replies = _encode(tokenizer, [e.completion for e in examples])
+        for prompt, reply in zip(prompts, replies):
+            if len(prompt) + len(reply) > length:
+                continue
+            if len(row) + len(prompt) + len(reply) > length:
+                pad = length - len(row)
+                rows.append(row + [eos_id] * pad)
+                masks.append(mask + [0] * pad)
+                row, mask = [], []
+                if len(rows) == count:
+                    break
+            row += prompt + reply
+            mask += [0] * len(prompt) + [1] * len(reply)
+        batch += 1
+    return torch.tensor(rows, dtype=torch.int32), torch.tensor(masks, dtype=torch.uint8)
+
+
 def heldout_windows(tokenizer, kind: str, count: int, length: int, seed: int) -> torch.Tensor:
     """`count` held-out windows of one kind ("code" or "chat"): [count, length] int64."""
     mixture = Mixture(tokens=(count + 2) * length, code_share=1.0 if kind == "code" else 0.0, seed=seed)

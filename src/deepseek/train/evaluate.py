@@ -4,8 +4,8 @@
   bf16 twin of the FP8 export (all computed in fp32, so only the weights differ);
 * indexer coverage: the share of each head's dense attention mass that falls on the indexer's top-k,
   averaged over layers, heads and the queries that see more than k keys (earlier ones are trivially 1);
-* generation (greedy, through the engine): tool calls on held-out schemas and phrasings, JSON answers,
-  and held-out function bodies that parse.
+* generation (greedy, through the engine in bf16 with sparse attention, as `deepseek serve` runs):
+  tool calls on held-out schemas and phrasings, JSON answers, and held-out function bodies that parse.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def generation_figures(folder: Path, counts: dict[str, int], seed: int) -> dict:
 
     from . import generation_eval as gen
 
-    llm = LLM(folder, attention="sparse", dtype=torch.float32)
+    llm = LLM(folder, attention="sparse", dtype=torch.bfloat16)    # as `deepseek serve` runs it
     out = {}
     if counts.get("tool_call"):
         out["tool_call"] = gen.tool_call_accuracy(llm, data.examples("tool_call", counts["tool_call"], "heldout", seed))

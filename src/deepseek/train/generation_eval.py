@@ -48,18 +48,14 @@ def generate_chat(llm: LLM, examples: Sequence, params: SamplingParams, attentio
     """Greedy-or-not completions of chat examples in one batch, optionally grammar-constrained.
 
     As in the server's chat route, a grammar starts after `</think>` for thinking-mode examples.
-    `LLM.generate` takes no grammar, so the requests are built here and handed to the engine.
+    `LLM.generate` takes no grammar, so the requests are built here and run with `LLM.run`.
     """
     think_close = llm.engine.tokenizer.token_to_id(THINK_CLOSE)
     requests = [Request(f"eval-{i}", prompt_ids(llm, e.prompt), params, sparse=attention == "sparse",
                         grammar=grammar,
                         grammar_after_token=think_close if grammar is not None and e.thinking else None)
                 for i, e in enumerate(examples)]
-    for r in requests:   # all checked before any is queued: a bad prompt must not strand the others
-        llm.engine.validate(r)
-    for r in requests:
-        llm.engine.add_request(r)
-    return llm._collect(requests)
+    return llm.run(requests)
 
 
 def _greedy(max_tokens: int) -> SamplingParams:

@@ -34,6 +34,7 @@ class Stage:
     mode: fw.Mode
     warmup: int = 20
     min_lr_ratio: float = 0.1
+    sft: bool = False           # conversations only, loss on the assistant's replies
 
 
 def trainable(model: Transformer, trains: str) -> list[torch.nn.Parameter]:
@@ -81,9 +82,12 @@ def balance_experts(model: Transformer, loads: list[torch.Tensor], rate: float =
         moe.gate.e_score_correction_bias.data += rate * torch.sign(load.mean() - load)
 
 
-def stage_loss(model: Transformer, stage: Stage, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """The stage's loss on a batch of windows [B, S+1], and the figures to log."""
+def stage_loss(model: Transformer, stage: Stage, batch) -> tuple[torch.Tensor, dict]:
+    """The stage's loss on a batch of windows [B, S+1] (or windows and their answer mask), and the
+    figures to log."""
+    batch, mask = batch if isinstance(batch, tuple) else (batch, None)
     inputs, targets = batch[:, :-1], batch[:, 1:]
+    weights = mask[:, 1:] if mask is not None else None
     aux = fw.Aux()
     if stage.trains == "mtp":
         with torch.no_grad():
@@ -91,7 +95,7 @@ def stage_loss(model: Transformer, stage: Stage, batch: torch.Tensor) -> tuple[t
         logits = fw.mtp_logits(model, hidden, inputs, stage.mode, aux)       # predicts t_{i+2}
         lm = fw.cross_entropy(logits, targets[:, 1:])
     else:
-        lm = fw.cross_entropy(fw.logits(model, inputs, stage.mode, aux), targets)
+        lm = fw.cross_entropy(fw.logits(model, inputs, stage.mode, aux), targets, weights)
     kl = torch.stack(aux.index_kl).mean() if aux.index_kl else None
     loss = kl if stage.trains == "indexer" else lm + (kl if kl is not None else 0)
     logs = {"lm": lm.item(), **({"index_kl": kl.item()} if kl is not None else {})}

@@ -5,6 +5,9 @@
    main attention (summed over heads, L1-normalised), over every visible key.
 3. **sparse**: top-k attention on. The model keeps learning the next token; the indexer learns the
    KL restricted to the keys it selected, from detached inputs, so the two losses train disjoint parts.
+   **sft**: post-training, still sparse: whole conversations only (tool calls, tool answers, JSON,
+   Q&A, thinking), the loss counted on the assistant's replies alone. Pre-training spreads its
+   gradient over code and boilerplate; copying a request's values into a DSML call needs it focused.
 4. **mtp**: the main model frozen (running sparse); the MTP layer learns token t+2, and its own
    indexer the dense KL.
 5. **export**: the official checkpoint format, FP8 block-quantized weights, plus a bf16 copy that the
@@ -48,21 +51,23 @@ class Recipe:
 
     @property
     def tokens(self) -> int:
-        return sum(s.steps for s in self.stages) * self.batch * (self.context + 1)
+        """Pre-training tokens the stages read (post-training reads windows of its own)."""
+        return sum(s.steps for s in self.stages if not s.sft) * self.batch * (self.context + 1)
 
 
-def _stages(dense: int, warmup: int, sparse: int, mtp: int, lr: float) -> tuple[Stage, ...]:
+def _stages(dense: int, warmup: int, sparse: int, sft: int, mtp: int, lr: float) -> tuple[Stage, ...]:
     return (Stage("dense", dense, lr, "main", Mode(), warmup=100),
             Stage("indexer_warmup", warmup, 1e-3, "indexer", Mode(index_loss="dense"), warmup=10),
             Stage("sparse", sparse, lr / 5, "all", Mode(sparse=True, index_loss="sparse"), warmup=10),
+            Stage("sft", sft, lr / 2, "all", Mode(sparse=True, index_loss="sparse"), warmup=10, sft=True),
             Stage("mtp", mtp, 1e-3, "mtp", Mode(index_loss="dense"), warmup=10))
 
 
 RECIPES = {
     # Sized by measurement on 2 CPU cores: ~2200 tokens/s dense, ~1350 sparse at 1024 tokens.
-    "nano": Recipe("nano", "nano", context=1024, batch=4, stages=_stages(2000, 120, 240, 120, 2e-3)),
+    "nano": Recipe("nano", "nano", context=1024, batch=4, stages=_stages(1400, 120, 200, 400, 120, 2e-3)),
     # The same pipeline in seconds, for tests: a smaller model, short windows, a few steps per stage.
-    "smoke": Recipe("smoke", "nano", context=128, batch=2, stages=_stages(6, 3, 3, 3, 2e-3),
+    "smoke": Recipe("smoke", "nano", context=128, batch=2, stages=_stages(6, 3, 3, 3, 3, 2e-3),
                     overrides=(("vocab_size", 512), ("index_topk", 16), ("num_hidden_layers", 2))),
 }
 
@@ -84,12 +89,16 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
     mixture = corpus.Mixture(tokens=recipe.tokens, code_share=recipe.code_share, seed=recipe.seed)
     windows = corpus.cached_tokens(work / "train_windows.safetensors", lambda: corpus.build_windows(
         tokenizer, "train", mixture, recipe.context + 1)).long()
+    sft = sft_windows(recipe, tokenizer, work)
     model = build_model(recipe)
     summary, offset = {"recipe": recipe.name, "stages": {}}, 0
     for stage in recipe.stages:
         first = offset
 
-        def batches(step: int, first=first) -> torch.Tensor:
+        def batches(step: int, first=first):
+            if stage.sft:
+                i = step * recipe.batch % (len(sft[0]) - recipe.batch + 1)
+                return sft[0][i:i + recipe.batch].long(), sft[1][i:i + recipe.batch]
             i = (first + step * recipe.batch) % (len(windows) - recipe.batch + 1)
             return windows[i:i + recipe.batch]
 
@@ -97,7 +106,7 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
             _, log = load_state(work / f"{stage.name}.state", model, torch.optim.AdamW([torch.zeros(1)]))
         else:
             log = run_stage(model, stage, batches, work, progress=progress)
-        offset += stage.steps * recipe.batch
+        offset += 0 if stage.sft else stage.steps * recipe.batch
         plot = plot_losses(log, work / f"{stage.name}.png", f"{recipe.name}: {stage.name}")
         summary["stages"][stage.name] = {"steps": stage.steps, "last": log[-1] if log else None,
                                          "seconds": round(sum(r["seconds"] for r in log), 1),
@@ -105,6 +114,23 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
     summary.update(export(model, recipe, work, out or work / "export"))
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def sft_windows(recipe: Recipe, tokenizer, work: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The post-training windows and their answer masks, made once."""
+    steps = sum(s.steps for s in recipe.stages if s.sft)
+    path = work / "sft_windows.safetensors"
+    if not path.exists():
+        from safetensors.torch import save_file
+
+        tokens, mask = corpus.build_sft_windows(tokenizer, "train", max(1, steps * recipe.batch),
+                                                recipe.context + 1, recipe.seed + 10_000,
+                                                recipe.config()["eos_token_id"])
+        save_file({"tokens": tokens, "mask": mask}, str(path))
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    return tensors["tokens"], tensors["mask"]
 
 
 def export(model: Transformer, recipe: Recipe, work: Path, out: Path) -> dict:
