@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from deepseek.model.rope import rope_cos_sin, yarn_inv_freq
 
@@ -136,14 +138,15 @@ def test_bf16_keys_hold_the_fp8_values_exactly(tiny_model):
     assert torch.equal(keys.to(torch.bfloat16).float(), keys.float())
 
 
-def test_screened_decode_selection_equals_the_exact_one(tiny_model):
+@pytest.mark.parametrize("length", [700, 2600])      # 2600 > 8·k: the block-maxima floor is used
+def test_screened_decode_selection_equals_the_exact_one(tiny_model, length):
     """The bf16 scan with error bounds must return exactly the fp32 top-k, ties included."""
     from deepseek.model.indexer import exact_scores, screened_topk, topk_positions
 
     indexer, cfg = tiny_model.model.layers[2].self_attn.indexer, tiny_model.config
     k = cfg.index_topk
     for seed in range(12):
-        keys, q, w = _real_keys_and_queries(indexer, cfg, 700, seed)
+        keys, q, w = _real_keys_and_queries(indexer, cfg, length, seed)
         cases = [(q, w), (q, -w.abs()), (q, w * 0)]            # ordinary, all scores <= 0, all ties at 0
         dup = keys.clone()
         dup[::2] = keys[0]                                      # many identical keys: exact ties
@@ -163,3 +166,13 @@ def test_decode_takes_the_screened_path_on_long_contexts(tiny_model):
     fast = indexer.select(x, qr, keys, 399, cos, sin)                       # bf16 keys, T >= 4k: screened
     slow = indexer.select(x, qr, keys.float(), 399, cos, sin)               # fp32 keys: the exact scan
     assert torch.equal(torch.sort(fast[0]).values, torch.sort(slow[0]).values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=3000), st.integers(1, 64), st.integers(1, 16))
+def test_the_screen_floor_never_exceeds_the_kth_largest_value(values, k, spread):
+    from deepseek.model.indexer import _kth_largest_floor
+
+    t = torch.tensor(values)
+    k = min(k, t.numel())
+    assert _kth_largest_floor(t, k, spread) <= t.topk(k).values.min()

@@ -191,10 +191,12 @@ def plot_losses(log: list[dict], path: Path, title: str) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("lm", "index_kl"):
+    for key, color in (("lm", "tab:blue"), ("index_kl", "tab:orange")):
         points = [(r["step"], r[key]) for r in log if key in r]
         if points:
-            ax.plot(*zip(*points), label=key, linewidth=0.8)
+            steps, values = zip(*points)
+            ax.plot(steps, values, color=color, alpha=0.3, linewidth=0.6)
+            ax.plot(steps, _smooth(values), color=color, label=f"{key} (moving mean)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats)")
     ax.set_title(title)
@@ -203,3 +205,11 @@ def plot_losses(log: list[dict], path: Path, title: str) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _smooth(values, window: int = 25) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
