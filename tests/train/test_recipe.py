@@ -20,12 +20,13 @@ def trained(tmp_path_factory):
 
 def test_every_stage_runs_and_plots_its_losses(trained):
     work, summary = trained
-    assert list(summary["stages"]) == ["dense", "indexer_warmup", "sparse", "mtp"]
+    assert list(summary["stages"]) == ["dense", "indexer_warmup", "sparse", "sft", "mtp"]
     for name, stage in summary["stages"].items():
         assert stage["last"]["step"] == stage["steps"] - 1
         assert (work / f"{name}.png").stat().st_size > 0
     assert "index_kl" in summary["stages"]["indexer_warmup"]["last"]
     assert "index_kl" in summary["stages"]["sparse"]["last"]
+    assert "index_kl" in summary["stages"]["sft"]["last"]
 
 
 def test_dense_stage_lowers_the_loss(trained):

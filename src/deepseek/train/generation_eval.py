@@ -199,9 +199,15 @@ def parses(source: str) -> bool:
 
 
 def code_parse_rate(llm: LLM, headers: Sequence[str], attention: str = "sparse", max_tokens: int = 128) -> dict:
-    """Greedy function bodies for `def` headers: how many make a function that parses."""
-    outputs = llm.generate(list(headers), _greedy(max_tokens), attention=attention)
-    functions = [cut_function_body(h, out.text) for h, out in zip(headers, outputs)]
+    """Greedy function bodies for `def` headers: how many make a function that parses.
+
+    The prompt stops at the header's colon, without its newline: byte-level BPE merges a newline
+    with the indentation after it, so a prompt ending in a bare newline token tells the model that
+    an unindented line comes next."""
+    prompts = [h[:-1] if h.endswith("\n") else h for h in headers]
+    outputs = llm.generate(prompts, _greedy(max_tokens), attention=attention)
+    functions = [cut_function_body(h, (p + out.text)[len(h):]) if (p + out.text).startswith(h)
+                 else cut_function_body(h, "") for h, p, out in zip(headers, prompts, outputs)]
     ok = [parses(f) for f in functions]
     good = [f for f, p in zip(functions, ok) if p][:2]
     bad = [f for f, p in zip(functions, ok) if not p][:2]

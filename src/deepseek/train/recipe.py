@@ -5,9 +5,10 @@
    main attention (summed over heads, L1-normalised), over every visible key.
 3. **sparse**: top-k attention on. The model keeps learning the next token; the indexer learns the
    KL restricted to the keys it selected, from detached inputs, so the two losses train disjoint parts.
-   **sft**: post-training, still sparse: whole conversations only (tool calls, tool answers, JSON,
-   Q&A, thinking), the loss counted on the assistant's replies alone. Pre-training spreads its
-   gradient over code and boilerplate; copying a request's values into a DSML call needs it focused.
+   **sft**: post-training, still sparse: half of each batch is whole conversations (tool calls, tool
+   answers, JSON, Q&A, thinking) with the loss counted on the assistant's replies alone, half is
+   pre-training text (without it the model forgot how to write code and answered everything with
+   a DSML call).
 4. **mtp**: the main model frozen (running sparse); the MTP layer learns token t+2, and its own
    indexer the dense KL.
 5. **export**: the official checkpoint format, FP8 block-quantized weights, plus a bf16 copy that the
@@ -65,7 +66,7 @@ def _stages(dense: int, warmup: int, sparse: int, sft: int, mtp: int, lr: float)
 
 RECIPES = {
     # Sized by measurement on 2 CPU cores: ~2200 tokens/s dense, ~1350 sparse at 1024 tokens.
-    "nano": Recipe("nano", "nano", context=1024, batch=4, stages=_stages(1400, 120, 200, 400, 120, 2e-3)),
+    "nano": Recipe("nano", "nano", context=1024, batch=4, stages=_stages(1400, 120, 200, 150, 120, 2e-3)),
     # The same pipeline in seconds, for tests: a smaller model, short windows, a few steps per stage.
     "smoke": Recipe("smoke", "nano", context=128, batch=2, stages=_stages(6, 3, 3, 3, 3, 2e-3),
                     overrides=(("vocab_size", 512), ("index_topk", 16), ("num_hidden_layers", 2))),
@@ -96,17 +97,22 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
         first = offset
 
         def batches(step: int, first=first):
-            if stage.sft:
-                i = step * recipe.batch % (len(sft[0]) - recipe.batch + 1)
-                return sft[0][i:i + recipe.batch].long(), sft[1][i:i + recipe.batch]
             i = (first + step * recipe.batch) % (len(windows) - recipe.batch + 1)
-            return windows[i:i + recipe.batch]
+            if not stage.sft:
+                return windows[i:i + recipe.batch]
+            # Half conversations (loss on replies), half pre-training text (loss everywhere), so
+            # post-training does not make the model forget how to write code.
+            half = recipe.batch // 2
+            j = step * (recipe.batch - half) % (len(sft[0]) - recipe.batch + 1)
+            tokens = torch.cat((sft[0][j:j + recipe.batch - half].long(), windows[i:i + half]))
+            mask = torch.cat((sft[1][j:j + recipe.batch - half], torch.ones_like(windows[i:i + half], dtype=torch.uint8)))
+            return tokens, mask
 
         if is_finished(work, stage):
             _, log = load_state(work / f"{stage.name}.state", model, torch.optim.AdamW([torch.zeros(1)]))
         else:
             log = run_stage(model, stage, batches, work, progress=progress)
-        offset += 0 if stage.sft else stage.steps * recipe.batch
+        offset += stage.steps * (recipe.batch // 2 if stage.sft else recipe.batch)
         plot = plot_losses(log, work / f"{stage.name}.png", f"{recipe.name}: {stage.name}")
         summary["stages"][stage.name] = {"steps": stage.steps, "last": log[-1] if log else None,
                                          "seconds": round(sum(r["seconds"] for r in log), 1),
