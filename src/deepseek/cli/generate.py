@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from deepseek.assets import default_model_dir
 
     if args.model is not None and not args.model.exists():
-        raise FileNotFoundError(f"no checkpoint at {args.model}")
+        raise FileNotFoundError(f"no checkpoint at {args.model} (tokenizer.json missing)")
     engine = LLMEngine.from_pretrained(args.model or default_model_dir(), dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype])
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                             max_tokens=args.max_tokens)
