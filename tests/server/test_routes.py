@@ -38,7 +38,8 @@ def stream_text(stream):
 
 
 def test_plain_chat_reports_deepseek_usage_and_sparse_figures(server, client):
-    raw = client.chat.completions.with_raw_response.create(model="deepseek-chat", messages=USER, max_tokens=8)
+    raw = client.chat.completions.with_raw_response.create(model="deepseek-chat", messages=USER, max_tokens=8,
+                                                         temperature=0)   # a sampled EOS would end it early
     assert raw.headers["x-ds-trace-id"]
     r = raw.parse()
     assert r.object == "chat.completion" and r.model == "deepseek-chat"
@@ -142,17 +143,19 @@ def test_json_object_mode_returns_json(client):
 
 def test_chat_prefix_completion_continues_the_assistant_text(server):
     messages = USER + [{"role": "assistant", "content": "```python\n", "prefix": True}]
-    r = server.beta().chat.completions.create(model="deepseek-chat", messages=messages, max_tokens=6)
+    r = server.beta().chat.completions.create(model="deepseek-chat", messages=messages, max_tokens=6,
+                                              temperature=0)   # greedy: a sampled EOS would end it early
     assert r.choices[0].message.content is not None and r.usage.completion_tokens == 6
 
 
 def test_fim_completion(server):
     beta = server.beta()
     r = beta.completions.create(model="deepseek-chat", prompt="def add(a, b):\n", suffix="    return c\n",
-                                max_tokens=8)
+                                max_tokens=8, temperature=0)
     assert r.object == "text_completion" and isinstance(r.choices[0].text, str)
     assert r.usage.completion_tokens == 8
-    chunks = list(beta.completions.create(model="deepseek-chat", prompt="x = ", max_tokens=4, stream=True))
+    chunks = list(beta.completions.create(model="deepseek-chat", prompt="x = ", max_tokens=4, stream=True,
+                                          temperature=0))
     assert chunks[-1].choices[0].finish_reason == "length"
 
 

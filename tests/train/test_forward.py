@@ -65,3 +65,16 @@ def test_fp8_round_trip_passes_gradients_straight_through():
     (g,) = torch.autograd.grad(y.sum(), x)
     assert torch.equal(g, torch.ones_like(x))
     assert not torch.equal(y.detach(), x.detach())      # the forward value is the FP8 one
+
+
+def test_training_works_after_inference_mode_use_in_the_same_process(model, tokens):
+    # The Hadamard matrix is cached; made first under inference_mode it must still serve autograd.
+    from deepseek.model.indexer import hadamard_matrix
+
+    hadamard_matrix.cache_clear()
+    with torch.inference_mode():
+        model(tokens, attention="sparse")
+    aux = fw.Aux()
+    fw.logits(model, tokens, fw.Mode(sparse=True, index_loss="sparse"), aux)
+    torch.stack(aux.index_kl).sum().backward()
+    model.zero_grad(set_to_none=True)

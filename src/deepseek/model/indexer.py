@@ -30,10 +30,12 @@ _SCORE_BUDGET = 1 << 24
 @functools.lru_cache(maxsize=8)
 def hadamard_matrix(n: int, device: str = "cpu") -> torch.Tensor:
     """Sylvester-ordered ±1 Walsh-Hadamard matrix `H_n` scaled by `n^-0.5` (orthonormal), fp32."""
-    h = torch.ones(1, 1)
-    while h.shape[0] < n:
-        h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
-    return (h * n ** -0.5).to(device)
+    # A normal tensor even when first asked for under inference_mode: training reuses the cache.
+    with torch.inference_mode(False):
+        h = torch.ones(1, 1)
+        while h.shape[0] < n:
+            h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
+        return (h * n ** -0.5).to(device)
 
 
 def rotate_activation(x: torch.Tensor) -> torch.Tensor:
