@@ -49,9 +49,8 @@ def test_the_fp8_export_loads_in_the_official_format(trained):
 
 def test_a_rerun_resumes_finished_stages_without_training(trained, monkeypatch):
     work, summary = trained
-    monkeypatch.setattr(loop, "run_stage", lambda *a, **k: pytest.fail("a finished stage ran again"))
     import deepseek.train.recipe as recipe
-    monkeypatch.setattr(recipe, "run_stage", loop.run_stage)
+    monkeypatch.setattr(recipe, "run_stage", lambda *a, **k: pytest.fail("a finished stage ran again"))
     again = train(RECIPES["smoke"], work, progress=False)
     assert again["stages"]["dense"]["last"] == summary["stages"]["dense"]["last"]
 

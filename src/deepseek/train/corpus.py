@@ -118,14 +118,14 @@ def build_windows(tokenizer, split: str, mixture: Mixture, length: int) -> torch
     return pack(code, chat, length, rng)
 
 
-def cached_tokens(path: Path, make) -> torch.Tensor:
-    """The tensor saved at `path`, made (once) by `make()`."""
+def cached_tensors(path: Path, make) -> dict[str, torch.Tensor]:
+    """The named tensors saved at `path`, made (once) by `make()`."""
     from safetensors.torch import load_file, save_file
 
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"tokens": make()}, str(path))
-    return load_file(str(path))["tokens"]
+        save_file(make(), str(path))
+    return load_file(str(path))
 
 
 SFT_WEIGHTS = {"tool_call": 0.4, "tool_answer": 0.2, "json": 0.2, "qa": 0.1, "thinking": 0.1}

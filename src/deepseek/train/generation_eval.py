@@ -206,8 +206,9 @@ def code_parse_rate(llm: LLM, headers: Sequence[str], attention: str = "sparse",
     an unindented line comes next."""
     prompts = [h[:-1] if h.endswith("\n") else h for h in headers]
     outputs = llm.generate(prompts, _greedy(max_tokens), attention=attention)
-    functions = [cut_function_body(h, (p + out.text)[len(h):]) if (p + out.text).startswith(h)
-                 else cut_function_body(h, "") for h, p, out in zip(headers, prompts, outputs)]
+    # The body follows the newline the prompt left out; an output without one has no body.
+    functions = [cut_function_body(h, out.text[1:] if out.text.startswith("\n") else "")
+                 for h, out in zip(headers, outputs)]
     ok = [parses(f) for f in functions]
     good = [f for f, p in zip(functions, ok) if p][:2]
     bad = [f for f, p in zip(functions, ok) if not p][:2]

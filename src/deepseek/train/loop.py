@@ -82,9 +82,9 @@ def balance_experts(model: Transformer, loads: list[torch.Tensor], rate: float =
         moe.gate.e_score_correction_bias.data += rate * torch.sign(load.mean() - load)
 
 
-def stage_loss(model: Transformer, stage: Stage, batch) -> tuple[torch.Tensor, dict]:
-    """The stage's loss on a batch of windows [B, S+1] (or windows and their answer mask), and the
-    figures to log."""
+def stage_loss(model: Transformer, stage: Stage, batch) -> tuple[torch.Tensor, dict, list[torch.Tensor]]:
+    """The stage's loss on a batch of windows [B, S+1] (or windows and their answer mask), the
+    figures to log, and the tokens each expert of each MoE layer received."""
     batch, mask = batch if isinstance(batch, tuple) else (batch, None)
     inputs, targets = batch[:, :-1], batch[:, 1:]
     weights = mask[:, 1:] if mask is not None else None
@@ -99,9 +99,7 @@ def stage_loss(model: Transformer, stage: Stage, batch) -> tuple[torch.Tensor, d
     kl = torch.stack(aux.index_kl).mean() if aux.index_kl else None
     loss = kl if stage.trains == "indexer" else lm + (kl if kl is not None else 0)
     logs = {"lm": lm.item(), **({"index_kl": kl.item()} if kl is not None else {})}
-    if aux.expert_load and stage.trains != "indexer":
-        balance_experts(model, aux.expert_load)
-    return loss, logs
+    return loss, logs, aux.expert_load
 
 
 def run_stage(model: Transformer, stage: Stage, batches, work: Path, save_every: int = 50,
@@ -121,11 +119,13 @@ def run_stage(model: Transformer, stage: Stage, batches, work: Path, save_every:
         began = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(stage, step)
-        loss, logs = stage_loss(model, stage, batches(step))
+        loss, logs, expert_load = stage_loss(model, stage, batches(step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        if expert_load and stage.trains != "indexer":      # a frozen model keeps its routing
+            balance_experts(model, expert_load)
         log.append({"step": step, **logs, "lr": optimizer.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - began, 3)})
         bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
@@ -154,15 +154,17 @@ def save_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer,
     tmp.replace(path)
 
 
-def load_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    """Restore a saved stage (weights and optimizer); (0, []) when there is none."""
+def load_state(path: Path, model: Transformer,
+               optimizer: torch.optim.Optimizer | None = None) -> tuple[int, list[dict]]:
+    """Restore a saved stage (weights, and the optimizer's moments when one is given); (0, []) when
+    there is none."""
     from safetensors import safe_open
 
     if not path.exists():
         return 0, []
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys() if optimizer is not None or k.startswith("model.")}
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     names = {n: p for n, p in model.named_parameters()}
     for key, value in tensors.items():

@@ -88,15 +88,15 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
     tokenizer = corpus.build_tokenizer(work, recipe.config()["vocab_size"],
                                        recipe.config()["max_position_embeddings"], recipe.seed)
     mixture = corpus.Mixture(tokens=recipe.tokens, code_share=recipe.code_share, seed=recipe.seed)
-    windows = corpus.cached_tokens(work / "train_windows.safetensors", lambda: corpus.build_windows(
-        tokenizer, "train", mixture, recipe.context + 1)).long()
+    windows = corpus.cached_tensors(work / "train_windows.safetensors", lambda: {"tokens": corpus.build_windows(
+        tokenizer, "train", mixture, recipe.context + 1)})["tokens"].long()
     sft = sft_windows(recipe, tokenizer, work)
     model = build_model(recipe)
     summary, offset = {"recipe": recipe.name, "stages": {}}, 0
     for stage in recipe.stages:
         first = offset
 
-        def batches(step: int, first=first):
+        def batches(step: int, first=first, stage=stage):
             i = (first + step * recipe.batch) % (len(windows) - recipe.batch + 1)
             if not stage.sft:
                 return windows[i:i + recipe.batch]
@@ -109,7 +109,7 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
             return tokens, mask
 
         if is_finished(work, stage):
-            _, log = load_state(work / f"{stage.name}.state", model, torch.optim.AdamW([torch.zeros(1)]))
+            _, log = load_state(work / f"{stage.name}.state", model)
         else:
             log = run_stage(model, stage, batches, work, progress=progress)
         offset += stage.steps * (recipe.batch // 2 if stage.sft else recipe.batch)
@@ -125,17 +125,14 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
 def sft_windows(recipe: Recipe, tokenizer, work: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The post-training windows and their answer masks, made once."""
     steps = sum(s.steps for s in recipe.stages if s.sft)
-    path = work / "sft_windows.safetensors"
-    if not path.exists():
-        from safetensors.torch import save_file
 
+    def make() -> dict[str, torch.Tensor]:
         tokens, mask = corpus.build_sft_windows(tokenizer, "train", max(1, steps * recipe.batch),
                                                 recipe.context + 1, recipe.seed + 10_000,
                                                 recipe.config()["eos_token_id"])
-        save_file({"tokens": tokens, "mask": mask}, str(path))
-    from safetensors.torch import load_file
+        return {"tokens": tokens, "mask": mask}
 
-    tensors = load_file(str(path))
+    tensors = corpus.cached_tensors(work / "sft_windows.safetensors", make)
     return tensors["tokens"], tensors["mask"]
 
 
