@@ -201,3 +201,15 @@ def test_duplicate_request_ids_are_refused(make_engine):
     engine.add_request(Request("same", (0, 5, 6), GREEDY))
     with pytest.raises(ValueError, match="duplicate"):
         engine.add_request(Request("same", (0, 5, 6), GREEDY))
+
+
+def test_offline_interface_is_importable_from_the_package(tiny_checkpoint):
+    """`from deepseek.engine import LLM, SamplingParams` is the documented offline entry point."""
+    from deepseek.engine import LLM, SamplingParams as Params
+
+    llm = LLM(tiny_checkpoint, dtype=torch.float32)
+    [out] = llm.generate(["hello"], Params(temperature=0, max_tokens=4))
+    assert out.completion_tokens == 4 and out.finish_reason == "length"
+    with pytest.raises(AttributeError):
+        import deepseek.engine
+        deepseek.engine.NoSuchThing

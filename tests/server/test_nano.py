@@ -44,7 +44,7 @@ def test_chat(server):
         model="deepseek-chat", temperature=0, max_tokens=40,
         messages=[{"role": "user", "content": "How many hours are there in 3 days?"}])
     assert r.choices[0].finish_reason == "stop"          # it answers, and stops by itself
-    assert "hours" in r.choices[0].message.content
+    assert any(c.isdigit() for c in r.choices[0].message.content)     # a number for a question of numbers
     assert r.usage.sparse_attention["mode"] == "sparse"
 
 

@@ -15,6 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokenizer, token streams, stage states and loss plots; rerun to resume")
     p.add_argument("--out", type=Path, default=None, help="the FP8 export (default: WORK_DIR/export)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ...")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    summary = train(RECIPES[args.recipe], args.work_dir, args.out)
+    summary = train(RECIPES[args.recipe], args.work_dir, args.out, device=args.device)
     print(json.dumps(summary, indent=2))
     return 0

@@ -28,6 +28,7 @@ class Mixture:
     tokens: int
     code_share: float
     seed: int
+    chat_weights: tuple = ()     # (kind, weight) pairs for the conversations; () = data.DEFAULT_WEIGHTS
 
 
 def code_document(text: str) -> str:
@@ -75,10 +76,11 @@ def _code_documents(tokenizer, split: str, budget: int, rng: random.Random) -> l
     return docs          # the split holds fewer tokens than asked: use all of it
 
 
-def _chat_documents(tokenizer, split: str, budget: int, seed: int) -> list[list[int]]:
+def _chat_documents(tokenizer, split: str, budget: int, seed: int,
+                    weights: dict[str, float] | None = None) -> list[list[int]]:
     docs, total, batch = [], 0, 0
     while total < budget:
-        for ids in _encode(tokenizer, [chat_document(e) for e in data.mixture(2000, split, seed * 1000 + batch)]):
+        for ids in _encode(tokenizer, [chat_document(e) for e in data.mixture(2000, split, seed * 1000 + batch, weights)]):
             docs.append(ids)
             total += len(ids)
         batch += 1
@@ -114,7 +116,8 @@ def build_windows(tokenizer, split: str, mixture: Mixture, length: int) -> torch
     rng = random.Random(mixture.seed)
     code = _code_documents(tokenizer, split, int(mixture.tokens * mixture.code_share), rng)
     code_tokens = sum(map(len, code))
-    chat = _chat_documents(tokenizer, split, max(0, mixture.tokens - code_tokens), mixture.seed)
+    chat = _chat_documents(tokenizer, split, max(0, mixture.tokens - code_tokens), mixture.seed,
+                           dict(mixture.chat_weights) if mixture.chat_weights else None)
     return pack(code, chat, length, rng)
 
 
@@ -170,3 +173,25 @@ def heldout_windows(tokenizer, kind: str, count: int, length: int, seed: int) ->
     if rows is None or len(rows) < count:
         raise ValueError(f"the held-out {kind} split has fewer than {count} windows of {length} tokens")
     return rows[:count].long()
+
+
+def repeat_spans(windows: torch.Tensor, share: float, seed: int, spans: int = 3,
+                 lengths: tuple[int, int] = (8, 96)) -> torch.Tensor:
+    """Copy practice: in about `share` of the windows [B, S], up to `spans` stretches of L tokens (L
+    in `lengths`) are overwritten by a copy of an earlier stretch of the same window, so predicting
+    them rewards finding the earlier occurrence and reading on from it (induction), which is what
+    copying a value from the user's message into a tool call needs. Deterministic in `seed`."""
+    if share <= 0:
+        return windows
+    g = torch.Generator().manual_seed(seed)
+    out = windows.clone()
+    s_len = windows.shape[1]
+    for row in range(windows.shape[0]):
+        if torch.rand((), generator=g) >= share:
+            continue
+        for _ in range(int(torch.randint(1, spans + 1, (), generator=g))):
+            span = int(torch.randint(lengths[0], min(lengths[1], s_len // 2) + 1, (), generator=g))
+            src = int(torch.randint(0, s_len - 2 * span + 1, (), generator=g))
+            dst = int(torch.randint(src + span, s_len - span + 1, (), generator=g))
+            out[row, dst:dst + span] = out[row, src:src + span].clone()
+    return out

@@ -102,15 +102,27 @@ def stage_loss(model: Transformer, stage: Stage, batch) -> tuple[torch.Tensor, d
     return loss, logs, aux.expert_load
 
 
+def optimizer_for(params: list[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only: norm gains and biases are not pulled to zero."""
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
+
+
+def _to(batch, device: torch.device):
+    return tuple(t.to(device) for t in batch) if isinstance(batch, tuple) else batch.to(device)
+
+
 def run_stage(model: Transformer, stage: Stage, batches, work: Path, save_every: int = 50,
               progress: bool = True) -> list[dict]:
     """Train `stage` to its last step, resuming from `<work>/<name>.state` if present. `batches(step)`
-    gives the batch of a step. Returns the per-step log."""
+    gives the batch of a step (moved to the model's device). Returns the per-step log."""
     from tqdm import tqdm
 
     work.mkdir(parents=True, exist_ok=True)
+    device = model.lm_head.weight.device
     params = trainable(model, stage.trains)
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    optimizer = optimizer_for(params, stage.lr)
     state_path = work / f"{stage.name}.state"
     start, log = load_state(state_path, model, optimizer)
     model.train()
@@ -119,7 +131,7 @@ def run_stage(model: Transformer, stage: Stage, batches, work: Path, save_every:
         began = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(stage, step)
-        loss, logs, expert_load = stage_loss(model, stage, batches(step))
+        loss, logs, expert_load = stage_loss(model, stage, _to(batches(step), device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -142,13 +154,14 @@ def save_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer,
     """Weights and AdamW moments as safetensors (no pickle), step and log as JSON; written atomically."""
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    # Cloned: tied parameters appear under two names, and safetensors refuses shared storage.
+    tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
                 if torch.is_tensor(value):
-                    tensors[f"optim.{names[id(p)]}.{key}"] = value.contiguous()
+                    tensors[f"optim.{names[id(p)]}.{key}"] = value.detach().cpu().contiguous()
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"step": str(step), "log": json.dumps(log)})
     tmp.replace(path)
@@ -170,7 +183,8 @@ def load_state(path: Path, model: Transformer,
     for key, value in tensors.items():
         if key.startswith("optim."):
             name, _, slot = key[len("optim."):].rpartition(".")
-            optimizer.state[names[name]][slot] = value
+            # AdamW keeps its step count on the CPU; the moments live with their parameter.
+            optimizer.state[names[name]][slot] = value if slot == "step" else value.to(names[name].device)
     return int(meta["step"]), json.loads(meta["log"])
 
 

@@ -28,7 +28,8 @@ import torch
 
 from deepseek.model import ModelConfig, Transformer
 from deepseek.model.checkpoint import init_random_weights, save_checkpoint
-from deepseek.model.moe import MoE
+from deepseek.model.layers import Linear
+from deepseek.model.moe import MoE, Gate
 from deepseek.model.presets import preset_config
 
 from . import corpus
@@ -46,6 +47,18 @@ class Recipe:
     code_share: float = 0.3
     seed: int = 0
     overrides: tuple = ()    # (key, value) pairs applied to the preset's config.json
+    # "hf": N(0, initializer_range) everywhere, as HF initialises V3. "scaled": every matrix
+    # N(0, 1/fan_in), so attention logits start near unit spread in this narrow model (at 0.02 they
+    # start 10x flatter, and the first layers' attention never left uniform in 1400 steps).
+    init: str = "hf"
+    # Share of pre-training windows in which a few stretches repeat earlier ones (teaches copying).
+    copy_share: float = 0.0
+    chat_weights: tuple = ()     # (kind, weight) pairs of the pre-training conversations
+    # Train with lm_head tied to the embedding (the checkpoint still stores both). Untied, this
+    # narrow model never learned to copy a token from its context: a copy task over a 4096-token
+    # vocabulary stayed at chance, and is solved in 200 steps tied.
+    tie_embeddings: bool = False
+    sft_chat_share: float = 0.5  # share of each post-training batch that is conversations
 
     def config(self) -> dict:
         return {**preset_config(self.preset), **dict(self.overrides)}
@@ -57,41 +70,86 @@ class Recipe:
 
 
 def _stages(dense: int, warmup: int, sparse: int, sft: int, mtp: int, lr: float) -> tuple[Stage, ...]:
-    return (Stage("dense", dense, lr, "main", Mode(), warmup=100),
+    return (Stage("dense", dense, lr, "main", Mode(), warmup=max(1, min(100, dense // 10))),
             Stage("indexer_warmup", warmup, 1e-3, "indexer", Mode(index_loss="dense"), warmup=10),
             Stage("sparse", sparse, lr / 5, "all", Mode(sparse=True, index_loss="sparse"), warmup=10),
             Stage("sft", sft, lr / 2, "all", Mode(sparse=True, index_loss="sparse"), warmup=10, sft=True),
             Stage("mtp", mtp, 1e-3, "mtp", Mode(index_loss="dense"), warmup=10))
 
 
+# Pre-training conversations lean to tool use, the skill the default model is most wanted for.
+TOOL_HEAVY = (("tool_call", 0.45), ("tool_answer", 0.2), ("json", 0.15), ("qa", 0.1), ("thinking", 0.1))
+_TRAINING = dict(init="scaled", tie_embeddings=True, copy_share=0.5, sft_chat_share=0.75, chat_weights=TOOL_HEAVY)
+
 RECIPES = {
-    # Sized by measurement on 2 CPU cores: ~2200 tokens/s dense, ~1350 sparse at 1024 tokens.
-    "nano": Recipe("nano", "nano", context=1024, batch=4, stages=_stages(1400, 120, 200, 150, 120, 2e-3)),
+    # Sized by measurement on 2 CPU cores, seconds per step at 1024 tokens: dense 1.9, indexer
+    # warm-up 2.6, sparse 4.2, post-training 3.7, MTP 2.6: about 95 minutes in all.
+    "nano": Recipe("nano", "nano", context=1024, batch=4, stages=_stages(1400, 120, 200, 400, 120, 3e-3),
+                   **_TRAINING),
     # The same pipeline in seconds, for tests: a smaller model, short windows, a few steps per stage.
     "smoke": Recipe("smoke", "nano", context=128, batch=2, stages=_stages(6, 3, 3, 3, 3, 2e-3),
-                    overrides=(("vocab_size", 512), ("index_topk", 16), ("num_hidden_layers", 2))),
+                    overrides=(("vocab_size", 512), ("index_topk", 16), ("num_hidden_layers", 2)), **_TRAINING),
 }
 
 
 def build_model(recipe: Recipe) -> Transformer:
     model = init_random_weights(Transformer(ModelConfig.from_dict(recipe.config()), dtype=torch.float32),
                                 recipe.seed)
+    if recipe.init == "scaled":
+        _scale_init(model)
+    if recipe.tie_embeddings:
+        with torch.no_grad():   # a unit-norm row per token: logits start at unit spread
+            model.model.embed_tokens.weight.mul_(model.config.hidden_size ** -0.5 / model.model.embed_tokens.weight.std())
+        model.lm_head.weight = model.model.embed_tokens.weight
+    sync_mtp_copies(model)
     for m in model.modules():
         if isinstance(m, MoE):
             m.gate.e_score_correction_bias.data.zero_()     # balancing starts from no preference
     return model
 
 
-def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = True) -> dict:
-    """Run (or resume) every stage, then export. Returns a summary with the paths written."""
+@torch.no_grad()
+def _scale_init(model: Transformer) -> None:
+    """Rescale the N(0, initializer_range) draws to std fan_in^-0.5 (embeddings: 1); projections that
+    write into the residual stream get a further 1/sqrt(2·layers), so the stream starts embedding-led."""
+    base = model.config.initializer_range
+    residual = (2 * model.config.num_hidden_layers) ** -0.5
+    for name, m in model.named_modules():
+        if isinstance(m, Linear):
+            target = m.in_features ** -0.5 * (residual if name.endswith(("o_proj", "down_proj")) else 1.0)
+            m.weight.mul_(target / base)
+        elif isinstance(m, Gate):
+            m.weight.mul_(m.weight.shape[1] ** -0.5 / base)
+    model.model.embed_tokens.weight.mul_(1.0 / base)
+
+
+@torch.no_grad()
+def sync_mtp_copies(model: Transformer) -> None:
+    """The MTP layer's embedding and head are copies of the main model's (spec §11): refresh them."""
+    for mtp in model.mtp_layers:
+        mtp.embed_tokens.weight.copy_(model.model.embed_tokens.weight)
+        mtp.shared_head.head.weight.copy_(model.lm_head.weight)
+
+
+def untie(model: Transformer) -> Transformer:
+    """Give lm_head its own tensor again (equal values), as the checkpoint format stores it."""
+    if model.lm_head.weight is model.model.embed_tokens.weight:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone(), requires_grad=False)
+    return model
+
+
+def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = True,
+          device: str = "cpu") -> dict:
+    """Run (or resume) every stage on `device`, then export. Returns a summary with the paths written."""
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = corpus.build_tokenizer(work, recipe.config()["vocab_size"],
                                        recipe.config()["max_position_embeddings"], recipe.seed)
-    mixture = corpus.Mixture(tokens=recipe.tokens, code_share=recipe.code_share, seed=recipe.seed)
+    mixture = corpus.Mixture(tokens=recipe.tokens, code_share=recipe.code_share, seed=recipe.seed,
+                             chat_weights=recipe.chat_weights)
     windows = corpus.cached_tensors(work / "train_windows.safetensors", lambda: {"tokens": corpus.build_windows(
         tokenizer, "train", mixture, recipe.context + 1)})["tokens"].long()
     sft = sft_windows(recipe, tokenizer, work)
-    model = build_model(recipe)
+    model = build_model(recipe).to(device)
     summary, offset = {"recipe": recipe.name, "stages": {}}, 0
     for stage in recipe.stages:
         first = offset
@@ -99,10 +157,10 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
         def batches(step: int, first=first, stage=stage):
             i = (first + step * recipe.batch) % (len(windows) - recipe.batch + 1)
             if not stage.sft:
-                return windows[i:i + recipe.batch]
-            # Half conversations (loss on replies), half pre-training text (loss everywhere), so
+                return corpus.repeat_spans(windows[i:i + recipe.batch], recipe.copy_share, recipe.seed + i)
+            # Conversations (loss on replies) mixed with pre-training text (loss everywhere), so
             # post-training does not make the model forget how to write code.
-            half = recipe.batch // 2
+            half = recipe.batch - round(recipe.batch * recipe.sft_chat_share)
             j = step * (recipe.batch - half) % (len(sft[0]) - recipe.batch + 1)
             tokens = torch.cat((sft[0][j:j + recipe.batch - half].long(), windows[i:i + half]))
             mask = torch.cat((sft[1][j:j + recipe.batch - half], torch.ones_like(windows[i:i + half], dtype=torch.uint8)))
@@ -111,13 +169,16 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
         if is_finished(work, stage):
             _, log = load_state(work / f"{stage.name}.state", model)
         else:
+            if stage.trains == "mtp":     # the main model is final now: the MTP layer reads its copies
+                sync_mtp_copies(model)
             log = run_stage(model, stage, batches, work, progress=progress)
-        offset += stage.steps * (recipe.batch // 2 if stage.sft else recipe.batch)
+        offset += stage.steps * (recipe.batch - round(recipe.batch * recipe.sft_chat_share) if stage.sft
+                                 else recipe.batch)
         plot = plot_losses(log, work / f"{stage.name}.png", f"{recipe.name}: {stage.name}")
         summary["stages"][stage.name] = {"steps": stage.steps, "last": log[-1] if log else None,
                                          "seconds": round(sum(r["seconds"] for r in log), 1),
                                          "plot": str(plot) if plot else None}
-    summary.update(export(model, recipe, work, out or work / "export"))
+    summary.update(export(untie(model.cpu()), recipe, work, out or work / "export"))
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
