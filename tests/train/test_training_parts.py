@@ -55,3 +55,47 @@ def test_tied_embeddings_train_as_one_tensor_and_export_as_two(tmp_path):
     assert torch.equal(tensors["lm_head.weight"], embed)
     assert torch.equal(tensors["model.layers.2.embed_tokens.weight"], embed)     # the MTP layer's copy
     assert torch.equal(tensors["model.layers.2.shared_head.head.weight"], embed)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), length=st.integers(20, 400))
+def test_copy_rows_mask_exactly_the_tokens_copying_predicts(seed, length):
+    tokens, mask = corpus.copy_rows(3, length, 4096, seed)
+    assert tokens.shape == mask.shape == (3, length)
+    assert torch.equal(tokens, corpus.copy_rows(3, length, 4096, seed)[0])
+    assert tokens.min() >= 3 and tokens.max() < 4096
+    for row, m in zip(tokens.tolist(), mask.tolist()):
+        pos = 0
+        while pos < length:              # walk the (span, span) pieces through the mask's runs
+            assert m[pos] == 0
+            n = 1
+            while pos + n < length and m[pos + n] == 0:
+                n += 1
+            # n = span length + 1 (the second copy's first token is not predictable); then the run of 1s
+            span = n - 1
+            run = 0
+            while pos + n + run < length and m[pos + n + run] == 1:
+                run += 1
+            if pos + n < length:
+                assert run == min(span - 1, length - pos - n)
+                assert row[pos + span:pos + span + 1 + run] == row[pos:pos + 1 + run]
+            pos += n + run
+
+
+def test_pre_training_batches_carry_copy_rows_with_their_mask(tmp_path, monkeypatch):
+    from deepseek.train import recipe as R
+    recipe = dataclasses.replace(RECIPES["smoke"], copy_rows=1)
+    seen = []
+    real = R.run_stage
+
+    def spy(model, stage, batches, work, **k):
+        seen.append((stage.name, batches(0)))
+        return real(model, stage, batches, work, **k)
+
+    monkeypatch.setattr(R, "run_stage", spy)
+    R.train(recipe, tmp_path, progress=False)
+    batches = dict(seen)
+    tokens, mask = batches["dense"]
+    assert tokens.shape[0] == recipe.batch + 1 and mask[:recipe.batch].all() and not mask[-1].all()
+    assert isinstance(batches["indexer_warmup"], torch.Tensor)         # copy rows only where the model learns text
+    assert batches["sparse"][0].shape[0] == recipe.batch + 1

@@ -195,3 +195,25 @@ def repeat_spans(windows: torch.Tensor, share: float, seed: int, spans: int = 3,
             dst = int(torch.randint(src + span, s_len - span + 1, (), generator=g))
             out[row, dst:dst + span] = out[row, src:src + span].clone()
     return out
+
+
+def copy_rows(rows: int, length: int, vocab: int, seed: int, spans: tuple[int, int] = (6, 48),
+              first_id: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure copy practice: rows [rows, length] of random tokens in which every stretch (L tokens, L
+    drawn from `spans`) is followed at once by itself, and a mask [rows, length] that is 1 on the
+    second copies after their first token: the only tokens that copying predicts. The offsets vary,
+    so a fixed positional head cannot solve it; matching content (an induction head) can. Random
+    tokens carry no prior to fall back on. Deterministic in `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.empty(rows, length, dtype=torch.long)
+    mask = torch.zeros(rows, length, dtype=torch.uint8)
+    for r in range(rows):
+        pos = 0
+        while pos < length:
+            n = int(torch.randint(spans[0], spans[1] + 1, (), generator=g))
+            span = torch.randint(first_id, vocab, (n,), generator=g)
+            piece = torch.cat((span, span))[:length - pos]
+            tokens[r, pos:pos + len(piece)] = piece
+            mask[r, pos + n + 1:pos + len(piece)] = 1
+            pos += len(piece)
+    return tokens, mask

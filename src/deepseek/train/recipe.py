@@ -53,6 +53,9 @@ class Recipe:
     init: str = "hf"
     # Share of pre-training windows in which a few stretches repeat earlier ones (teaches copying).
     copy_share: float = 0.0
+    # Rows of pure copy practice (`corpus.copy_rows`) added to each batch of the stages that train
+    # the main model on pre-training text (dense, sparse).
+    copy_rows: int = 0
     chat_weights: tuple = ()     # (kind, weight) pairs of the pre-training conversations
     # Train with lm_head tied to the embedding (the checkpoint still stores both). Untied, this
     # narrow model never learned to copy a token from its context: a copy task over a 4096-token
@@ -157,7 +160,12 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
         def batches(step: int, first=first, stage=stage):
             i = (first + step * recipe.batch) % (len(windows) - recipe.batch + 1)
             if not stage.sft:
-                return corpus.repeat_spans(windows[i:i + recipe.batch], recipe.copy_share, recipe.seed + i)
+                text = corpus.repeat_spans(windows[i:i + recipe.batch], recipe.copy_share, recipe.seed + i)
+                if not recipe.copy_rows or stage.trains not in ("main", "all"):
+                    return text
+                copies, mask = corpus.copy_rows(recipe.copy_rows, text.shape[1], recipe.config()["vocab_size"],
+                                                recipe.seed + 7919 * (first + step))
+                return torch.cat((text, copies)), torch.cat((torch.ones_like(text, dtype=torch.uint8), mask))
             # Conversations (loss on replies) mixed with pre-training text (loss everywhere), so
             # post-training does not make the model forget how to write code.
             half = recipe.batch - round(recipe.batch * recipe.sft_chat_share)
