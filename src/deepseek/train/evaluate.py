@@ -4,6 +4,8 @@
   bf16 twin of the FP8 export (all computed in fp32, so only the weights differ);
 * indexer coverage: the share of each head's dense attention mass that falls on the indexer's top-k,
   averaged over layers, heads and the queries that see more than k keys (earlier ones are trivially 1);
+* in-context copying: the loss on a held-out stretch of code when it comes a second time, against
+  its first time (a model that can copy from its context predicts the repeat almost free);
 * generation (greedy, through the engine in bf16 with sparse attention, as `deepseek serve` runs):
   tool calls on held-out schemas and phrasings, JSON answers, and held-out function bodies that parse.
 """
@@ -46,6 +48,19 @@ def coverage(model: Transformer, windows: torch.Tensor, index_topk: int, batch: 
     return {"mean": float(layers.mean()), "per_layer": [round(float(x), 4) for x in layers]}
 
 
+@torch.inference_mode()
+def copying(model: Transformer, windows: torch.Tensor, span: int = 128, skip: int = 8) -> dict:
+    """Mean loss on stretches of `span` tokens of held-out text, first and second time in a row
+    (the first `skip` tokens of each copy left out: no copy can predict where a repeat begins)."""
+    stretch = windows[:, :span]
+    tokens = torch.cat((stretch, stretch), 1)
+    logits = fw.logits(model, tokens[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(),
+                                             reduction="none").view(len(tokens), -1)
+    first, again = loss[:, skip - 1:span - 1].mean(), loss[:, span + skip - 1:].mean()
+    return {"span": span, "loss_first": float(first), "loss_repeat": float(again)}
+
+
 def load(folder: Path) -> Transformer:
     return Transformer.from_pretrained(folder, dtype=torch.float32)
 
@@ -65,6 +80,8 @@ def language_figures(model: Transformer, twin: Transformer | None, held: dict[st
             row["fp8_over_bf16"] = dense / row["ppl_bf16_dense"]
         out[kind] = row
     out["coverage"] = coverage(model, torch.cat(list(held.values())), k)
+    if "code" in held:
+        out["copying"] = copying(model, held["code"])
     return out
 
 
