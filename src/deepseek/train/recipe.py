@@ -5,10 +5,10 @@
    main attention (summed over heads, L1-normalised), over every visible key.
 3. **sparse**: top-k attention on. The model keeps learning the next token; the indexer learns the
    KL restricted to the keys it selected, from detached inputs, so the two losses train disjoint parts.
-   **sft**: post-training, still sparse: half of each batch is whole conversations (tool calls, tool
-   answers, JSON, Q&A, thinking) with the loss counted on the assistant's replies alone, half is
-   pre-training text (without it the model forgot how to write code and answered everything with
-   a DSML call).
+   **sft**: post-training, still sparse: most of each batch (`sft_chat_share`) is whole
+   conversations (tool calls, tool answers, JSON, Q&A, thinking) with the loss counted on the
+   assistant's replies alone, the rest pre-training text (without it the model forgot how to write
+   code and answered everything with a DSML call).
 4. **mtp**: the main model frozen (running sparse); the MTP layer learns token t+2, and its own
    indexer the dense KL.
 5. **export**: the official checkpoint format, FP8 block-quantized weights, plus a bf16 copy that the
@@ -58,13 +58,18 @@ class Recipe:
     copy_rows: int = 0
     chat_weights: tuple = ()     # (kind, weight) pairs of the pre-training conversations
     # Train with lm_head tied to the embedding (the checkpoint still stores both). Untied, this
-    # narrow model never learned to copy a token from its context: a copy task over a 4096-token
-    # vocabulary stayed at chance, and is solved in 200 steps tied.
+    # narrow model did not learn even a fixed-distance copy task over its 4096-token vocabulary in
+    # 400 steps; tied, it solved it in 200.
     tie_embeddings: bool = False
     sft_chat_share: float = 0.5  # share of each post-training batch that is conversations
 
     def config(self) -> dict:
         return {**preset_config(self.preset), **dict(self.overrides)}
+
+    @property
+    def sft_text_rows(self) -> int:
+        """Rows of pre-training text in each post-training batch (the rest are conversations)."""
+        return self.batch - round(self.batch * self.sft_chat_share)
 
     @property
     def tokens(self) -> int:
@@ -168,10 +173,10 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
                 return torch.cat((text, copies)), torch.cat((torch.ones_like(text, dtype=torch.uint8), mask))
             # Conversations (loss on replies) mixed with pre-training text (loss everywhere), so
             # post-training does not make the model forget how to write code.
-            half = recipe.batch - round(recipe.batch * recipe.sft_chat_share)
-            j = step * (recipe.batch - half) % (len(sft[0]) - recipe.batch + 1)
-            tokens = torch.cat((sft[0][j:j + recipe.batch - half].long(), windows[i:i + half]))
-            mask = torch.cat((sft[1][j:j + recipe.batch - half], torch.ones_like(windows[i:i + half], dtype=torch.uint8)))
+            text, chats = recipe.sft_text_rows, recipe.batch - recipe.sft_text_rows
+            j = step * chats % (len(sft[0]) - recipe.batch + 1)
+            tokens = torch.cat((sft[0][j:j + chats].long(), windows[i:i + text]))
+            mask = torch.cat((sft[1][j:j + chats], torch.ones_like(windows[i:i + text], dtype=torch.uint8)))
             return tokens, mask
 
         if is_finished(work, stage):
@@ -180,8 +185,7 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
             if stage.trains == "mtp":     # the main model is final now: the MTP layer reads its copies
                 sync_mtp_copies(model)
             log = run_stage(model, stage, batches, work, progress=progress)
-        offset += stage.steps * (recipe.batch - round(recipe.batch * recipe.sft_chat_share) if stage.sft
-                                 else recipe.batch)
+        offset += stage.steps * (recipe.sft_text_rows if stage.sft else recipe.batch)
         plot = plot_losses(log, work / f"{stage.name}.png", f"{recipe.name}: {stage.name}")
         summary["stages"][stage.name] = {"steps": stage.steps, "last": log[-1] if log else None,
                                          "seconds": round(sum(r["seconds"] for r in log), 1),
