@@ -56,6 +56,19 @@ def test_batched_greedy_outputs_equal_each_request_alone(make_engine, sparse):
         assert batched[r.request_id][2].finish_reason == "length"
 
 
+@pytest.mark.slow
+def test_compiled_decode_gives_the_eager_outputs(make_engine):
+    """EngineConfig(compile=True): torch.compile'd dense decode steps, batch sizes 1 to 4."""
+    requests = lambda: [Request(f"r{i}", p, GREEDY, sparse=False) for i, p in enumerate(prompts(4, seed=5))]
+    eager, compiled = make_engine(), make_engine(compile=True)
+    compiled.warm_up()                          # what `deepseek serve --compile` does at start-up
+    assert_all_blocks_free(compiled)
+    expected = run(eager, requests())
+    got = run(compiled, requests())
+    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in expected.items()}
+    assert_all_blocks_free(compiled)
+
+
 def test_sparse_and_dense_agree_below_index_topk_and_differ_above(make_engine):
     short, long = prompts(1, seed=1, low=20, high=21)[0], prompts(1, seed=2, low=120, high=121)[0]
     params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)

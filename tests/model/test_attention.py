@@ -159,3 +159,33 @@ def test_mtp_predicts_from_hidden_states_and_next_tokens(tiny_model, tokens):
     other = mtp_with_next_tokens(changed)
     torch.testing.assert_close(other[:5], logits[:5], atol=0, rtol=0)
     assert not torch.allclose(other[5], logits[5])
+
+
+def test_tensor_only_decode_equals_step_on_the_same_dense_decode_batch(tiny_model):
+    """`Transformer.decode` (what the engine runs, and compiles, for dense decode steps) against
+    `step` on the same batch: three sequences of different lengths, one new token each."""
+    from deepseek.model.cache import DecodeRows
+
+    lengths, max_len = (5, 17, 40), 48
+    g = torch.Generator().manual_seed(3)
+    caches = [tiny_model.new_cache(len(lengths), max_len) for _ in range(2)]
+    prompt = [torch.randint(2, 1000, (n,), generator=g) for n in lengths]
+    for cache in caches:                       # the same prefill into both caches
+        batch = ForwardBatch(starts=(0,) * 3, lengths=lengths, sparse=(False,) * 3, cache=cache)
+        tiny_model.step(torch.cat(prompt), batch)
+    new = torch.randint(2, 1000, (3,), generator=g)
+    positions = torch.tensor(lengths)
+    stepped = tiny_model.step(new, ForwardBatch(starts=lengths, lengths=(1,) * 3, sparse=(False,) * 3,
+                                                cache=caches[0]))
+
+    def flat(ts):
+        return [t.view(-1, t.shape[-1]) for t in ts]
+
+    c = caches[1]
+    slot_table = torch.arange(len(lengths) * max_len).view(len(lengths), max_len)
+    rows = DecodeRows.from_slot_table(flat(c.latent), flat(c.k_pe), flat(c.index_k), slot_table, positions)
+    decoded = tiny_model.decode(new, positions, rows)
+    assert torch.equal(decoded, stepped)
+    for kind in ("latent", "k_pe", "index_k"):
+        for a, b in zip(getattr(caches[0], kind), getattr(caches[1], kind)):
+            assert torch.equal(a, b), kind

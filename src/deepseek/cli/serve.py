@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
                    help="compute dtype: bf16 (the reference's, batch-invariant) or fp32 (faster for tiny models on CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (needs a C++ compiler; compiles for ~1 min at start-up)")
     p.add_argument("--keepalive-seconds", type=float, default=10.0,
                    help="send an SSE `: keep-alive` comment after this long without output")
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ServerSettings(model_dir=args.model, db_path=Path(args.db) if args.db else None,
                               prices_path=args.prices, max_waiting=args.max_waiting,
                               max_num_seqs=args.max_num_seqs, cache_bytes=args.cache_mb << 20,
-                              threads=args.threads, keepalive_seconds=args.keepalive_seconds, dtype=args.dtype)
+                              threads=args.threads, keepalive_seconds=args.keepalive_seconds, dtype=args.dtype,
+                              compile=args.compile)
     state = build_state(settings)
     app = create_app(state)
     if not state.accounts.has_keys():

@@ -56,6 +56,11 @@ class PagedKVCache:
                              f"({per_block} bytes each at block_size={block_size})")
         return budget_bytes // per_block
 
+    def flat_layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
+        """Every layer's storage as `[num_blocks * block_size, W]` views: latent, k_pe, index_k."""
+        index_k = [_flat(t) for t in self.index_k] if self.index_k is not None else None
+        return [_flat(t) for t in self.latent], [_flat(t) for t in self.k_pe], index_k
+
     def view(self, block_tables: Sequence[Sequence[int]]) -> PagedCacheView:
         """The `KVCache` of one forward call: sequence i of the batch uses `block_tables[i]`."""
         return PagedCacheView(self, block_tables)

@@ -30,6 +30,9 @@ class EngineConfig:
     block_size: int = 16
     cache_bytes: int = 256 << 20         # KV + indexer cache budget
     max_model_len: int | None = None     # default: the model's max_position_embeddings
+    # torch.compile the dense decode step (one graph for every batch size and context length).
+    # The first steps of each new shape class pay the compile, tens of seconds on a CPU.
+    compile: bool = False
 
 
 class LLMEngine:
@@ -48,7 +51,8 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens),
                                    self.blocks)
         valid = min(mc.vocab_size, tokenizer.get_vocab_size()) if tokenizer is not None else None
-        self.runner = ModelRunner(model, self.kv, num_valid_tokens=valid)
+        model.prepare_inference()
+        self.runner = ModelRunner(model, self.kv, num_valid_tokens=valid, compile=config.compile)
         self.seqs: dict[str, Sequence] = {}
 
     @classmethod
@@ -95,6 +99,19 @@ class LLMEngine:
             return None
         self.scheduler.finish(seq, "abort")
         return self._output(seq, "", (), (), finished=True)
+
+    def warm_up(self) -> None:
+        """Run throw-away requests at batch sizes 1 and 2 (its own prefix-cache salt, so no tenant
+        ever hits them): a compiled decode step then compiles here, not on a client's first request."""
+        from .sampler import SamplingParams
+
+        params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+        for n in (1, 2):
+            for i in range(n):
+                self.add_request(Request(f"warm-up-{n}-{i}", (self.model.config.bos_token_id,) * (2 + i),
+                                         params, sparse=False, salt=b"warm-up"))
+            while self.has_unfinished():
+                self.step()
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()

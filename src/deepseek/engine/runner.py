@@ -1,7 +1,9 @@
 """One engine step on the model: a scheduled batch in, one sampled token per finishing row out.
 
 The runner flattens the step's new tokens of every sequence into one `ForwardBatch` over the
-paged cache, runs `model.step` once, projects only the rows that need a next token (the last
+paged cache and runs `model.step` once; a step in which every sequence decodes one token densely
+runs `model.decode` instead (the same arithmetic, with tensor-only metadata, optionally compiled).
+Either way it projects only the rows that need a next token (the last
 token of a decode or of a prompt's final chunk), applies grammar masks and sampler-level rules,
 and samples all rows in one vectorised call. Tensor and expert parallelism would wrap the model
 here without changing the scheduler.
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from deepseek.model import ForwardBatch, Transformer
+from deepseek.model.cache import DecodeRows
 
 from .cache import PagedKVCache
 from .request import Sequence, TokenLogprob
@@ -29,8 +32,13 @@ class Sampled:
 
 class ModelRunner:
     def __init__(self, model: Transformer, kv: PagedKVCache, sampler: Sampler | None = None,
-                 num_valid_tokens: int | None = None):
+                 num_valid_tokens: int | None = None, compile: bool = False):
         self.model, self.kv = model, kv
+        self.compiled_decode = None
+        if compile:
+            # Guards on the model's own attributes are skipped: its weights never change here.
+            self.compiled_decode = torch.compile(model.decode, dynamic=True, options={
+                "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
         self.sampler = sampler or Sampler()
         self.eos = model.config.eos_token_id
         # Tokenizers may have fewer entries than the model's (padded) vocabulary: never sample those.
@@ -44,7 +52,13 @@ class ModelRunner:
             starts=tuple(s.num_computed for s in seqs), lengths=counts,
             sparse=tuple(s.request.sparse for s in seqs),
             cache=self.kv.view([s.table.blocks for s in seqs]))
-        hidden = self.model.step(torch.tensor(tokens, device=self.model.device), forward)
+        tokens = torch.tensor(tokens, device=self.model.device)
+        if self._dense_decode(seqs, counts):
+            positions = forward.positions(self.model.device)
+            hidden = (self.compiled_decode or self.model.decode)(tokens, positions, DecodeRows.from_slot_table(
+                *self.kv.flat_layers(), forward.cache.slot_table, positions))
+        else:
+            hidden = self.model.step(tokens, forward)
         ends = forward.last_token_indices()
         rows = [i for i, (s, n) in enumerate(zip(seqs, counts)) if s.num_computed + n == len(s.token_ids)]
         if not rows:
@@ -55,6 +69,17 @@ class ModelRunner:
         out = self.sampler.sample(logits, [s.params for s in picked], [s.generator for s in picked],
                                   [s.output_counts for s in picked])
         return {seq: Sampled(int(out.token_ids[r]), _logprob(out, r, seq)) for r, seq in enumerate(picked)}
+
+    def _dense_decode(self, seqs: list[Sequence], counts: tuple[int, ...]) -> bool:
+        """Whether `decode` runs this step: one new token per sequence, each attending to every
+        cached row (dense requests, and sparse ones whose context is still within index_topk,
+        where DSA selects every key)."""
+        if not all(n == 1 for n in counts) or any(
+                s.request.sparse and self.model.uses_indexer(s.num_computed + 1) for s in seqs):
+            return False
+        # `decode` gathers every visible row; eager `step` reads a lone sequence's rows in place,
+        # which is cheaper at long context. Compiled, `decode` is cheaper for any batch.
+        return len(seqs) > 1 or self.compiled_decode is not None
 
     def _constrain(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         if self.num_valid_tokens < logits.shape[1]:

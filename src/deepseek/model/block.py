@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cache import ForwardBatch
+from .cache import DecodeRows, ForwardBatch
 from .config import ModelConfig
 from .layers import MLP, RMSNorm
 from .mla import MLA
@@ -27,4 +27,9 @@ class DecoderLayer(nn.Module):
                 sin: torch.Tensor) -> torch.Tensor:
         """h: [N, D] residual stream -> [N, D]. A bf16 add rounds once, like the reference's fp32 add."""
         h = h + self.self_attn(self.input_layernorm(h), batch, cos, sin)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+    def decode(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: DecodeRows) -> torch.Tensor:
+        """`forward` for a dense decode step whose cache indices are all tensors (`MLA.decode`)."""
+        h = h + self.self_attn.decode(self.input_layernorm(h), cos, sin, rows)
         return h + self.mlp(self.post_attention_layernorm(h))

@@ -100,6 +100,43 @@ class ForwardBatch:
         return ends
 
 
+@dataclass(frozen=True)
+class DecodeRows:
+    """The cache as a dense decode step sees it: one new token per sequence, every index a tensor.
+
+    `latent`, `k_pe` and `index_k` are each layer's storage as flat `[slots, width]` views (a paged
+    cache's `[blocks * block_size, W]`). Sequence b writes its new token's rows at `write_slots[b]`
+    and reads the rows at `read_slots[b, :]`, of which `visible[b, :]` are its positions 0..p_b
+    (the new token included); the rest is padding that names some real slot. Nothing here depends
+    on Python values per sequence, so one traced graph serves every batch size and context length.
+    """
+
+    latent: list[torch.Tensor]
+    k_pe: list[torch.Tensor]
+    index_k: list[torch.Tensor] | None
+    write_slots: torch.Tensor   # [B] int64
+    read_slots: torch.Tensor    # [B, K] int64
+    visible: torch.Tensor       # [B, K] bool
+
+    @classmethod
+    def from_slot_table(cls, latent, k_pe, index_k, slot_table: torch.Tensor,
+                        positions: torch.Tensor) -> "DecodeRows":
+        """slot_table [B, >= max(positions) + 1]: the slot of every position of each sequence."""
+        width = int(positions.max()) + 1
+        span = torch.arange(width, device=positions.device)
+        write = slot_table.gather(1, positions[:, None]).squeeze(1)
+        return cls(latent, k_pe, index_k, write, slot_table[:, :width], span[None, :] <= positions[:, None])
+
+    def write_and_gather(self, layer: int, latent: torch.Tensor, k_pe: torch.Tensor,
+                         index_k: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new rows of `layer`, then return its visible rows: [B, K, R], [B, K, Dr]."""
+        self.latent[layer].index_copy_(0, self.write_slots, latent.to(self.latent[layer].dtype))
+        self.k_pe[layer].index_copy_(0, self.write_slots, k_pe.to(self.k_pe[layer].dtype))
+        if self.index_k is not None and index_k is not None:
+            self.index_k[layer].index_copy_(0, self.write_slots, index_k.to(self.index_k[layer].dtype))
+        return self.latent[layer][self.read_slots], self.k_pe[layer][self.read_slots]
+
+
 class ContiguousCache:
     """One preallocated `[batch, max_len, ...]` buffer per layer and kind. Simple and exact."""
 

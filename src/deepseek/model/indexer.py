@@ -38,9 +38,11 @@ def hadamard_matrix(n: int, device: str = "cpu") -> torch.Tensor:
         return (h * n ** -0.5).to(device)
 
 
-def rotate_activation(x: torch.Tensor) -> torch.Tensor:
-    """Hadamard rotation over the last dim, fp32 compute, cast back (spec §8.2)."""
-    h = hadamard_matrix(x.shape[-1], str(x.device))
+def rotate_activation(x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+    """Hadamard rotation over the last dim, fp32 compute, cast back (spec §8.2). `h`: the matrix, if
+    the caller holds it already."""
+    if h is None:
+        h = hadamard_matrix(x.shape[-1], str(x.device))
     return (x.float() @ h).to(x.dtype)
 
 
@@ -65,7 +67,13 @@ class Indexer(nn.Module):
         """[N, ..., Di]: half-split RoPE on the first rope_dim dims, Hadamard, FP8 round trip."""
         pe = rotate_half_split(x[..., :self.rope_dim], cos, sin)
         x = torch.cat((pe, x[..., self.rope_dim:]), dim=-1)
-        return fake_quantize_activation(rotate_activation(x), self.scale_fmt)
+        return fake_quantize_activation(rotate_activation(x, self.hadamard), self.scale_fmt)
+
+    # Set by `prepare_inference`: the Hadamard matrix, held here so compiled code needs no cache lookup.
+    hadamard: torch.Tensor | None = None
+
+    def prepare_inference(self) -> None:
+        self.hadamard = hadamard_matrix(self.head_dim, str(self.wk.weight.device))
 
     def keys(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The cacheable key of every token. x: [N, D] -> [N, Di]. The values are FP8-exact, so

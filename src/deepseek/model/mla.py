@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cache import ForwardBatch
+from .cache import DecodeRows, ForwardBatch
 from .config import ModelConfig
 from .fp8 import fake_quantize_activation
 from .indexer import Indexer
@@ -59,11 +59,11 @@ class MLA(nn.Module):
         self.o_proj = Linear(self.n_heads * self.v_dim, d, dtype=dtype)
         self.indexer = Indexer(config, dtype) if config.has_indexer else None
 
-    def forward(self, x: torch.Tensor, batch: ForwardBatch, cos: torch.Tensor,
-                sin: torch.Tensor) -> torch.Tensor:
-        """x: [N, D] (attn_norm output of a flat batch) -> [N, D]."""
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """What every new token contributes, before any attention: x [N, D] ->
+        (qr [N, q_lora_rank] or None, q_nope [N, H, Dn], q_pe [N, H, Dr] rotated,
+         latent [N, R] normed and FP8-rounded, k_pe [N, Dr] rotated, indexer key [N, Di] or None)."""
         n = x.shape[0]
-        # Shared front part: queries, the latent and the rotary key of every new token.
         if hasattr(self, "q_proj"):
             qr, q = None, self.q_proj(x)
         else:
@@ -77,14 +77,20 @@ class MLA(nn.Module):
         latent = fake_quantize_activation(self.kv_a_layernorm(latent), self.scale_fmt)  # [N, R]
         k_pe = rotate_interleaved(k_pe, cos, sin)                              # [N, Dr]
         index_k = self.indexer.keys(x, cos, sin) if self.indexer is not None else None
+        return qr, q_nope, q_pe, latent, k_pe, index_k
 
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+        """x: [N, D] (attn_norm output of a flat batch) -> [N, D]."""
+        n = x.shape[0]
+        qr, q_nope, q_pe, latent, k_pe, index_k = self.project(x, cos, sin)
         out = torch.empty(n, self.n_heads, self.v_dim, dtype=x.dtype, device=x.device)
         cache, layer = batch.cache, self.layer_id
         cache.store_tokens(layer, batch.token_seqs(x.device), batch.positions(x.device), latent, k_pe, index_k)
         decodes: list[tuple[int, int, int, torch.Tensor | None]] = []   # (seq, flat row, end, sparse picks)
         for seq, sl, start, length in batch.slices():
             end = start + length
-            sparse = batch.sparse[seq] and self._needs_index(end)
+            sparse = batch.sparse[seq] and self.needs_index(end)
             if length > 1:   # prefill chunk: expanded form
                 c_all, pe_all, ik_all = cache.load(layer, seq, end)
                 topk = self.indexer.select(x[sl], qr[sl], ik_all, start, cos[sl], sin[sl]) if sparse else None
@@ -98,6 +104,16 @@ class MLA(nn.Module):
         if decodes:
             self._decode(decodes, q_nope, q_pe, cache, out)
         return self.o_proj(out.view(n, -1))
+
+    def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: DecodeRows) -> torch.Tensor:
+        """Dense decode of B sequences with one new token each, all metadata in tensors (no Python
+        per sequence, so it compiles): write the new rows, gather every visible row, attend.
+        The same arithmetic as `_decode` on a decode-only batch. x: [B, D] -> [B, D]."""
+        b = x.shape[0]
+        _, q_nope, q_pe, latent, k_pe, index_k = self.project(x, cos, sin)
+        c, pe = rows.write_and_gather(self.layer_id, latent, k_pe, index_k)     # [B, K, R], [B, K, Dr]
+        out = self._absorbed(q_nope, q_pe, c, pe, rows.visible)
+        return self.o_proj(out.reshape(b, -1))
 
     def _decode(self, decodes, q_nope, q_pe, cache, out) -> None:
         """Decode form for every decoding sequence of the batch at once: their rows (all of them,
@@ -124,7 +140,7 @@ class MLA(nn.Module):
         c, pe = cache.gather_batch(self.layer_id, seqs, positions)
         out[rows] = self._absorbed(q_nope[rows], q_pe[rows], c, pe, visible)
 
-    def _needs_index(self, context: int) -> bool:
+    def needs_index(self, context: int) -> bool:
         if self.indexer is None:
             raise ValueError("this checkpoint has no lightning indexer: use dense attention")
         return context > self.index_topk or self.force_indexer
@@ -163,7 +179,7 @@ class MLA(nn.Module):
         them when dense, the index_topk picks when sparse), so the cost is O(K), not O(T).
         visible [B,K] masks padding (None: all visible). Returns [B,H,Dv].
         """
-        w_uk, w_uv = self._absorbed_weights(q_nope.dtype)                  # [H,Dn,R], [H,R,Dv]
+        w_uk, w_uv = self.frozen_absorbed or self._absorbed_weights(q_nope.dtype)  # [H,Dn,R], [H,R,Dv]
         q_lat = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)     # [B,H,R]
         scores = torch.baddbmm(torch.bmm(q_pe, k_pe.transpose(1, 2)), q_lat, c.transpose(1, 2))  # [B,H,K]
         scores = scores.float() * self.softmax_scale
@@ -171,6 +187,15 @@ class MLA(nn.Module):
             scores.masked_fill_(~visible[:, None, :], float("-inf"))
         o_lat = torch.bmm(scores.softmax(dim=-1).to(c.dtype), c)            # [B,H,R]
         return torch.bmm(o_lat.transpose(0, 1), w_uv).transpose(0, 1)       # [B,H,Dv]
+
+    # Set by `prepare_inference` when the weights will not change again: read with no checks.
+    frozen_absorbed: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prepare_inference(self, dtype: torch.dtype) -> None:
+        if self.kv_b_proj.weight.dtype != torch.float8_e4m3fn:
+            self.frozen_absorbed = self._absorbed_weights(dtype)
+        if self.indexer is not None:
+            self.indexer.prepare_inference()
 
     def _absorbed_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """W_UK [H,Dn,R] and W_UV^T [H,R,Dv] from kv_b_proj, contiguous; cached until the weight changes."""

@@ -7,15 +7,20 @@ Routing, per token:
 4. the top `num_experts_per_tok` experts of the surviving groups are chosen;
 5. their unbiased scores are renormalised and multiplied by `routed_scaling_factor`.
 
-Tokens are gathered per active expert, so an expert only ever sees the tokens routed to it.
+Tokens are gathered per active expert, so an expert only ever sees the tokens routed to it: either
+one expert at a time, or, once `pack()` has restacked the experts' weights, over the (token, expert)
+pairs sorted by expert, in one operator that `torch.compile` treats as opaque (its loop depends on
+the routing). Both add each token's expert outputs in the same order.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .fp8 import FP8
 from .layers import MLP
 
 
@@ -61,9 +66,35 @@ class MoE(nn.Module):
         self.shared_experts = (MLP(d, inter * config.n_shared_experts, dtype)
                                if config.n_shared_experts else None)
 
+    def pack(self) -> bool:
+        """Restack the routed experts as `[E, 2I, D]` (gate rows, then up rows) and `[E, D, I]`, and
+        make every expert's weights views of them: no extra memory, and `forward` then runs
+        `grouped_experts` (one gate+up GEMM per active expert; opaque to `torch.compile`).
+        FP8-resident experts are left as they are (returns False)."""
+        first = self.experts[0].gate_proj.weight
+        if first.dtype == FP8 or first.device.type == "meta":
+            return False
+        inter = first.shape[0]
+        gate_up = torch.stack([torch.cat((e.gate_proj.weight, e.up_proj.weight)) for e in self.experts])
+        down = torch.stack([e.down_proj.weight for e in self.experts])
+        for i, e in enumerate(self.experts):
+            e.gate_proj.weight = nn.Parameter(gate_up[i, :inter], requires_grad=False)
+            e.up_proj.weight = nn.Parameter(gate_up[i, inter:], requires_grad=False)
+            e.down_proj.weight = nn.Parameter(down[i], requires_grad=False)
+        self.packed = (gate_up, down)
+        return True
+
+    packed: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, D] -> [N, D]; expert outputs are accumulated in fp32."""
         weights, ids = self.gate(x)
+        y = self._looped(x, weights, ids) if self.packed is None else grouped_experts(x, weights, ids, *self.packed)
+        if self.shared_experts is not None:
+            y += self.shared_experts(x).float()
+        return y.to(x.dtype)
+
+    def _looped(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         counts = torch.bincount(ids.flatten(), minlength=len(self.experts)).tolist()
         for e, count in enumerate(counts):
@@ -71,6 +102,37 @@ class MoE(nn.Module):
                 continue
             token, slot = torch.where(ids == e)
             y.index_add_(0, token, self.experts[e](x[token]).float() * weights[token, slot, None])
-        if self.shared_experts is not None:
-            y += self.shared_experts(x).float()
-        return y.to(x.dtype)
+        return y
+
+
+# An opaque operator to `torch.compile`: how many tokens each expert gets is data-dependent.
+@torch.library.custom_op("deepseek::grouped_experts", mutates_args=())
+def grouped_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up: torch.Tensor,
+                    down: torch.Tensor) -> torch.Tensor:
+    """`MoE._looped`'s sum, over the (token, expert) pairs sorted by expert: x [N, D], weights and
+    ids [N, k], gate_up [E, 2I, D], down [E, D, I] -> [N, D] fp32. One fused gate+up GEMM and one
+    down GEMM per active expert, and a single scatter-add at the end."""
+    pairs = ids.flatten()
+    order = pairs.argsort(stable=True)                    # by expert, then token: _looped's order
+    token = order // ids.shape[1]
+    rows = x[token]
+    outputs = []
+    for e, (start, count) in _segments(torch.bincount(pairs, minlength=gate_up.shape[0]).tolist()):
+        g, u = F.linear(rows[start:start + count], gate_up[e]).float().chunk(2, dim=-1)
+        outputs.append(F.linear((F.silu(g) * u).to(x.dtype), down[e]))
+    h = torch.cat(outputs).float() * weights.flatten()[order, None]
+    return torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add_(0, token, h)
+
+
+def _segments(counts: list[int]):
+    """(expert, (first row, rows)) of every expert that has rows, in expert order."""
+    start = 0
+    for e, count in enumerate(counts):
+        if count:
+            yield e, (start, count)
+        start += count
+
+
+@grouped_experts.register_fake
+def _(x, weights, ids, gate_up, down):
+    return x.new_empty(x.shape, dtype=torch.float32)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .block import DecoderLayer
-from .cache import ContiguousCache, ForwardBatch
+from .cache import ContiguousCache, DecodeRows, ForwardBatch
 from .config import ModelConfig
 from .layers import Linear, RMSNorm
 from .mtp import MTPLayer
@@ -89,6 +89,28 @@ class Transformer(nn.Module):
         for layer in self.model.layers[:self.config.num_hidden_layers]:
             h = layer(h, batch, cos, sin)
         return self.model.norm(h)
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, rows: DecodeRows) -> torch.Tensor:
+        """One dense decode step of B sequences: tokens [B] at `positions` [B] -> final-normed hidden
+        states [B, D]. Equal to `step` on the same decode-only dense batch, with no Python per
+        sequence, so `torch.compile` can trace it whole (the engine's `compile` option)."""
+        cos, sin = rope_cos_sin(self.inv_freq, positions)
+        h = self.model.embed_tokens(tokens)
+        for layer in self.model.layers[:self.config.num_hidden_layers]:
+            h = layer.decode(h, cos, sin, rows)
+        return self.model.norm(h)
+
+    def uses_indexer(self, context: int) -> bool:
+        """Whether a sparse query with `context` visible keys runs the indexer (else DSA == dense)."""
+        return any(layer.self_attn.needs_index(context) for layer in self.model.layers)
+
+    def prepare_inference(self) -> None:
+        """Once, after loading and before serving: stack each MoE's experts for grouped GEMMs and
+        precompute what attention would otherwise derive from the weights on its first call."""
+        for layer in self.model.layers:
+            if hasattr(layer.mlp, "pack"):
+                layer.mlp.pack()
+            layer.self_attn.prepare_inference(self.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., vocab] fp32."""

@@ -80,8 +80,11 @@ def build_state(settings: ServerSettings) -> ServerState:
     model_dir = settings.model_dir or default_model_dir()
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[settings.dtype]
     engine = LLMEngine.from_pretrained(model_dir, EngineConfig(max_num_seqs=settings.max_num_seqs,
-                                                               cache_bytes=settings.cache_bytes),
+                                                               cache_bytes=settings.cache_bytes,
+                                                               compile=settings.compile),
                                        dtype=dtype, progress=True)
+    if settings.compile:
+        engine.warm_up()
     config = engine.model.config
     precision = settings.dtype + ("_fp8_weights" if config.quantization_config is not None else "")
     async_engine = AsyncEngine(engine)

@@ -45,6 +45,7 @@ class ServerSettings:
     cache_bytes: int = 256 << 20
     threads: int = 1
     dtype: str = "bf16"
+    compile: bool = False                # torch.compile the dense decode step (compiled at start-up)
 
 
 @dataclass
