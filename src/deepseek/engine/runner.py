@@ -3,9 +3,9 @@
 The runner flattens the step's new tokens of every sequence into one `ForwardBatch` over the
 paged cache and runs `model.step` once; a step in which every sequence decodes one token densely
 runs `model.decode` instead (the same arithmetic, with tensor-only metadata, optionally compiled).
-Either way it projects only the rows that need a next token (the last
-token of a decode or of a prompt's final chunk), applies grammar masks and sampler-level rules,
-and samples all rows in one vectorised call. Tensor and expert parallelism would wrap the model
+Either way it projects only the rows that need a next token (the last token of a decode or of a
+prompt's final chunk), applies grammar masks and sampler-level rules, and samples all rows in one
+vectorised call. Tensor and expert parallelism would wrap the model
 here without changing the scheduler.
 """
 
