@@ -32,27 +32,28 @@ def run_cli(server, key, *args, **popen):
 def test_batch_interrupted_and_resumed_has_every_item_once_in_order(sdk_server, new_key, tmp_path):
     key, _ = new_key()
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_input(src, 20, max_tokens=40)
+    n = 120     # far more than can finish between the 4th line and the interrupt, however fast the server
+    write_input(src, n, max_tokens=40)
     args = (src, "-o", out, "--concurrency", "3", "--model", "deepseek-chat")
     first = run_cli(sdk_server, key, *args)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 4):
-        time.sleep(0.05)
+        time.sleep(0.01)
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 130 and "resume" in err
     done_before = len(read_done(out))
-    assert 4 <= done_before < 20
+    assert 4 <= done_before < n
 
     with open(out, "a") as f:                         # as if a kill had cut the last write short
         f.write('{"index": 99, "custom_id": "q9')
     second = run_cli(sdk_server, key, *args)
     _, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
-    assert f"({done_before} already done)" in err and "20 succeeded, 0 failed" in err
+    assert f"({done_before} already done)" in err and f"{n} succeeded, 0 failed" in err
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["index"] for r in records] == list(range(20))
-    assert [r["custom_id"] for r in records] == [f"q{i}" for i in range(20)]
+    assert [r["index"] for r in records] == list(range(n))
+    assert [r["custom_id"] for r in records] == [f"q{i}" for i in range(n)]
     assert all(r["error"] is None and r["response"]["object"] == "chat.completion" for r in records)
 
 

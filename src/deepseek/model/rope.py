@@ -3,7 +3,8 @@
 Two layouts rotate the same frequencies: MLA pairs neighbours `(x[2i], x[2i+1])` (interleaved);
 the lightning indexer pairs halves `(x[i], x[i+d/2])` (half-split, NeoX). Mixing them up still
 works at short range and silently breaks long context, so each has its own function.
-Angles and rotations are computed in fp32 and the result cast back to the input dtype.
+Angles and rotations are computed in fp32 (as real pairs: `(a·cos − b·sin, a·sin + b·cos)`, which
+compilers fuse) and the result cast back to the input dtype.
 """
 
 from __future__ import annotations
@@ -54,18 +55,17 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch
 
 def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """MLA layout. x: [N, ..., d]; cos/sin: [N, d/2]. Pairs are (x[2i], x[2i+1])."""
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    turn = _broadcast(torch.complex(cos, sin), pairs.dim())
-    return torch.view_as_real(pairs * turn).flatten(-2).to(x.dtype)
+    pairs = x.float().unflatten(-1, (-1, 2))
+    a, b = pairs[..., 0], pairs[..., 1]
+    c, s = _broadcast(cos, a.dim()), _broadcast(sin, a.dim())
+    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).to(x.dtype)
 
 
 def rotate_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Indexer layout. x: [N, ..., d]; cos/sin: [N, d/2]. Pairs are (x[i], x[i + d/2])."""
-    half = x.shape[-1] // 2
-    xf = x.float()
-    pairs = torch.complex(xf[..., :half], xf[..., half:])
-    turned = pairs * _broadcast(torch.complex(cos, sin), pairs.dim())
-    return torch.cat((turned.real, turned.imag), dim=-1).to(x.dtype)
+    a, b = x.float().chunk(2, dim=-1)
+    c, s = _broadcast(cos, a.dim()), _broadcast(sin, a.dim())
+    return torch.cat((a * c - b * s, a * s + b * c), dim=-1).to(x.dtype)
 
 
 def _broadcast(t: torch.Tensor, ndim: int) -> torch.Tensor:
