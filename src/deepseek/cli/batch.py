@@ -1,14 +1,15 @@
 """`deepseek batch IN.jsonl -o OUT.jsonl --concurrency N`: run a file of chat requests.
 
 Results are written in input order, one JSON line per request; a failed request is recorded and
-the run goes on. Interrupt it at any time and run the same command again: requests already in OUT
-are skipped. Ends with a summary of tokens, cost (deepseek.pricing, or --prices) and failures.
+the run goes on. Interrupt it at any time (Ctrl-C finishes the requests in flight; a second Ctrl-C
+stops at once) and run the same command again: requests already in OUT are skipped. Ends with a summary of tokens, cost (deepseek.pricing, or --prices) and failures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -72,12 +73,19 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(len(items))
 
     async def main():
+        # Ctrl-C: take no new item, finish and write those in flight (a cancelled request could be
+        # swallowed by the HTTP client's retries, and the run would go on). A second one cancels.
+        stop, task, loop = asyncio.Event(), asyncio.current_task(), asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, lambda: task.cancel() if stop.is_set() else stop.set())
         async with client:
-            return await run_batch(client, items, args.output, args.concurrency, prices, progress)
+            summary = await run_batch(client, items, args.output, args.concurrency, prices, progress, stop)
+        if stop.is_set():
+            raise KeyboardInterrupt
+        return summary
 
     try:
         summary = asyncio.run(main())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         progress.close()
         print(f"batch: interrupted with {len(read_done(args.output))}/{len(items)} written; "
               "run the same command again to resume", file=sys.stderr)

@@ -133,8 +133,10 @@ async def _answer(client, item: Item, out: Path) -> dict:
 
 
 async def run_batch(client, items: list[Item], out: Path, concurrency: int, prices: dict | None = None,
-                    progress: Callable[[int], None] = lambda n: None) -> Summary:
-    """Answer the items not yet in `out` with `concurrency` workers; append them in input order."""
+                    progress: Callable[[int], None] = lambda n: None,
+                    stop: asyncio.Event | None = None) -> Summary:
+    """Answer the items not yet in `out` with `concurrency` workers; append them in input order.
+    Once `stop` is set, no worker starts another item; those in flight are finished and written."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     done = {rec["index"] for rec in read_done(out)}
@@ -147,6 +149,8 @@ async def run_batch(client, items: list[Item], out: Path, concurrency: int, pric
 
         async def worker():
             for item in queue:             # one shared iterator: each item goes to one worker
+                if stop is not None and stop.is_set():
+                    return
                 progress(writer.put(await _answer(client, item, out)))
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, max(len(todo), 1)))))
