@@ -123,6 +123,7 @@ def test_packed_experts_give_the_looped_sum_in_the_same_memory(tiny_config, toke
     weights = {n: p.clone() for n, p in moe.named_parameters()}
     assert moe.pack()
     gate_up, down = moe.packed
+    assert moe.pack() and moe.packed[0] is gate_up      # every engine calls it: once is enough
     for n, p in moe.named_parameters():       # same values, now views of the two stacks
         assert torch.equal(p, weights[n]), n
         if ".experts." in n:

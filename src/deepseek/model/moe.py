@@ -66,11 +66,15 @@ class MoE(nn.Module):
         self.shared_experts = (MLP(d, inter * config.n_shared_experts, dtype)
                                if config.n_shared_experts else None)
 
+    packed: tuple[torch.Tensor, torch.Tensor] | None = None     # (gate_up, down), set by `pack`
+
     def pack(self) -> bool:
         """Restack the routed experts as `[E, 2I, D]` (gate rows, then up rows) and `[E, D, I]`, and
         make every expert's weights views of them: no extra memory, and `forward` then runs
         `grouped_experts` (one gate+up GEMM per active expert; opaque to `torch.compile`).
         FP8-resident experts are left as they are (returns False)."""
+        if self.packed is not None:
+            return True
         first = self.experts[0].gate_proj.weight
         if first.dtype == FP8 or first.device.type == "meta":
             return False
@@ -83,8 +87,6 @@ class MoE(nn.Module):
             e.down_proj.weight = nn.Parameter(down[i], requires_grad=False)
         self.packed = (gate_up, down)
         return True
-
-    packed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, D] -> [N, D]; expert outputs are accumulated in fp32."""

@@ -105,8 +105,8 @@ class Transformer(nn.Module):
         return any(layer.self_attn.needs_index(context) for layer in self.model.layers)
 
     def prepare_inference(self) -> None:
-        """Once, after loading and before serving: stack each MoE's experts for grouped GEMMs and
-        precompute what attention would otherwise derive from the weights on its first call."""
+        """After loading and before serving (again is harmless): stack each MoE's experts (`MoE.pack`)
+        and precompute what attention would otherwise derive from the weights on every call."""
         for layer in self.model.layers:
             if hasattr(layer.mlp, "pack"):
                 layer.mlp.pack()
