@@ -200,14 +200,6 @@ def test_unknown_kind_or_split_is_refused():
         data.examples("qa", 1, "test", 0)
 
 
-def test_generation_is_fast():
-    import time
-
-    start = time.perf_counter()
-    data.mixture(2000, "train", 11)
-    assert time.perf_counter() - start < 1.0  # >= 2000 examples/s, with margin for slow machines
-
-
 # ----- code -----
 
 def test_stdlib_split_is_disjoint_sorted_and_about_five_percent_held_out():
