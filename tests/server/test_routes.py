@@ -68,7 +68,8 @@ def test_streamed_and_plain_answers_are_identical(client):
 
 
 def test_thinking_mode_streams_reasoning_first(client):
-    kwargs = dict(model="deepseek-reasoner", messages=USER, max_tokens=12)
+    kwargs = dict(model="deepseek-reasoner", messages=USER, max_tokens=12,
+                  temperature=0)                 # greedy: a sampled EOS would end it early
     role, content, reasoning, finish, usage, _ = stream_text(client.chat.completions.create(
         **kwargs, stream=True, stream_options={"include_usage": True}))
     assert role == "assistant" and reasoning and finish == "length"
