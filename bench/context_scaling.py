@@ -8,7 +8,8 @@ cache write and reads as in the engine), plus the fp32 LM head. The block table 
 run of block ids, as a fresh engine's free pool hands out (--shuffle-blocks: a scattered one).
 The scales are measured, not guessed: the standard deviation of each cached kind (KV latent after
 RMSNorm and its FP8 round trip, rotated k_pe, indexer key after LayerNorm, Hadamard and FP8) per
-layer, from a real prefill of 256 random tokens; each row is then drawn from N(0, that std). Each
+layer, from a real prefill of 256 random tokens; each row is then drawn from N(0, that std), and the
+indexer keys are FP8-rounded, as the model writes them, with their int8 sketch (on CPU). Each
 point is the median of several steps after one warm-up step, sparse and dense steps alternating;
 wall and CPU time are both reported (CPU time is the steadier one when other jobs share the cores).
 
@@ -56,6 +57,8 @@ def measured_scales(model, n: int = 256) -> dict[str, list[float]]:
 def filled_cache(model, max_context: int, block_size: int, scales: dict, shuffle: bool) -> Filled:
     """A paged cache whose rows [0, max_context) hold N(0, std) values in every layer and kind."""
     from deepseek.engine.cache import PagedKVCache
+    from deepseek.model.fp8 import fake_quantize_activation
+    from deepseek.model.indexer import sketch_keys
 
     num_blocks = -(-(max_context + 1) // block_size)
     kv = PagedKVCache(model.config, model.num_cache_layers, num_blocks, block_size, model.dtype)
@@ -65,8 +68,14 @@ def filled_cache(model, max_context: int, block_size: int, scales: dict, shuffle
     for kind in KINDS:
         for layer, t in enumerate(getattr(kv, kind)):
             rows = t.view(-1, t.shape[-1])[:max_context]
-            for chunk in rows.split(8192):         # fp32 noise in chunks keeps the temporary small
-                chunk.copy_(torch.randn(chunk.shape, generator=g) * scales[kind][layer])
+            for start in range(0, max_context, 8192):   # fp32 noise in chunks keeps the temporary small
+                chunk = torch.randn(rows[start:start + 8192].shape, generator=g) * scales[kind][layer]
+                if kind == "index_k":                    # real indexer keys are FP8 values
+                    chunk = fake_quantize_activation(chunk)
+                    if kv.index_sketch is not None:      # ... and their int8 sketch goes with them
+                        for dst, src in zip(kv.index_sketch[layer], sketch_keys(chunk)):
+                            dst.flatten(0, 1)[start:start + chunk.shape[0]] = src
+                rows[start:start + chunk.shape[0]] = chunk
     return Filled(kv, [int(b) for b in order])
 
 
@@ -112,9 +121,11 @@ def step_parts() -> list[tuple[object, str, str]]:
             (PagedCacheView, "store_tokens", "cache write"),
             (PagedCacheView, "load", "cache read, all T rows (dense)"),
             (PagedCacheView, "load_index_keys", "indexer: key read, all T rows"),
+            (PagedCacheView, "load_index_sketch", "indexer: int8 sketch read, all T rows"),
             (indexer.Indexer, "select", "indexer: select (queries, scan of all T keys, top-k)"),
             (indexer.Indexer, "scores", "(inside select) fp32 scan of all T keys"),
             (indexer, "screened_topk", "(inside select) screened scan + exact rescoring"),
+            (indexer, "sketched_topk", "(inside select) int8 sketch scan + exact rescoring"),
             (indexer, "topk_positions", "(inside select) top-k with ties"),
             (PagedCacheView, "gather", "cache read, top-k rows (sparse)"),
             (PagedCacheView, "gather_batch", "cache read, top-k rows (sparse)"),

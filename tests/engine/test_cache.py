@@ -51,6 +51,25 @@ def test_paged_cache_gives_the_model_the_same_logits_as_a_contiguous_cache(model
     assert torch.allclose(got, want, atol=1e-4)
 
 
+def test_long_sparse_decode_scans_the_paged_key_sketch_and_picks_what_the_keys_would(model):
+    """Past 256 = 4 x index_topk keys a sparse decode step scans the int8 key sketch: each stored
+    sketch row is the sketch of its stored key, and the logits equal those of a cache without one."""
+    from deepseek.model.indexer import sketch_keys
+
+    tokens = tokens_of(290, seed=0)
+    blocks = torch.randperm(32, generator=torch.Generator().manual_seed(0))[:19].tolist()  # scattered
+    chunks = [37, 203] + [1] * 50
+    view = new_cache(model).view([blocks])
+    got = run_chunks(model, view, tokens, chunks)
+    plain = model.new_cache(1, 290)
+    plain.index_sketch = None                      # the bf16 screen over the keys themselves
+    assert torch.equal(got, run_chunks(model, plain, tokens, chunks))
+    for layer in range(model.config.num_hidden_layers):
+        fresh = sketch_keys(view.load_index_keys(layer, 0, 290))
+        for stored, want in zip(view.load_index_sketch(layer, 0, 290), fresh):
+            assert torch.equal(stored, want)
+
+
 @torch.no_grad()
 def test_two_sequences_in_one_batch_do_not_interfere(model):
     a, b = tokens_of(75, seed=1), tokens_of(30, seed=2)
@@ -181,7 +200,13 @@ def test_writing_past_a_sequences_blocks_is_refused(model):
 
 def test_cache_size_follows_the_memory_budget(model):
     per_block = PagedKVCache.bytes_per_block(model.config, 5, BLOCK, torch.bfloat16)
-    assert per_block == 5 * BLOCK * (128 + 64 + 128) * 2   # latent, k_pe and (FP8-exact) indexer keys in bf16
+    # latent, k_pe and (FP8-exact) indexer keys in bf16, plus on CPU the keys' int8 sketch
+    # (int8 row, bf16 scale, fp32 residual)
+    assert per_block == 5 * BLOCK * ((128 + 64 + 128) * 2 + 128 + 2 + 4)
+    kv = PagedKVCache(model.config, 5, 3, BLOCK, torch.bfloat16)
+    tensors = [*kv.latent, *kv.k_pe, *kv.index_k, *(t for s in kv.index_sketch for t in s)]
+    assert sum(t.nbytes for t in tensors) == 3 * per_block
+    assert PagedKVCache.bytes_per_block(model.config, 5, BLOCK, torch.bfloat16, "meta") == 5 * BLOCK * 320 * 2
     assert PagedKVCache.blocks_for_budget(model.config, 5, BLOCK, torch.bfloat16, 10 * per_block + 1) == 10
     with pytest.raises(ValueError, match="holds no block"):
         PagedKVCache.blocks_for_budget(model.config, 5, BLOCK, torch.bfloat16, per_block - 1)

@@ -87,6 +87,26 @@ def test_long_chunked_prefill_equals_full_forward_in_sparse_mode(tiny_model, tok
     torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
 
 
+def test_long_context_sparse_decode_over_the_key_sketch_picks_the_exact_top_k(tiny_model, monkeypatch):
+    """Past 4 x index_topk cached keys a decode step scans the int8 key sketch, not the keys: the
+    logits equal those of decoding with the exact fp32 scan of every key, to the last bit."""
+    import deepseek.model.indexer as indexer
+
+    original, calls = indexer.sketched_topk, []
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    seq = torch.randint(0, 1024, (300,), generator=torch.Generator().manual_seed(4))
+    monkeypatch.setattr(indexer, "sketched_topk", counted)
+    sketched = incremental_logits(tiny_model, seq, (280,), sparse=True)
+    assert len(calls) == 20 * tiny_model.config.num_hidden_layers       # every decode step, every layer
+    monkeypatch.setattr(indexer, "_SCREEN_FROM", 10 ** 9)
+    assert torch.equal(sketched, incremental_logits(tiny_model, seq, (280,), sparse=True))
+    assert len(calls) == 20 * tiny_model.config.num_hidden_layers
+
+
 def test_a_flat_batch_of_mixed_sequences_equals_each_alone(tiny_model, tokens):
     """Two sequences in one step (one prefilling, one decoding, different modes) don't interact."""
     a, b = tokens[0, :90], tokens[1, :30]
@@ -165,6 +185,7 @@ def test_tensor_only_decode_equals_step_on_the_same_dense_decode_batch(tiny_mode
     """`Transformer.decode` (what the engine runs, and compiles, for dense decode steps) against
     `step` on the same batch: three sequences of different lengths, one new token each."""
     from deepseek.model.cache import DecodeRows
+    from deepseek.model.indexer import KeySketch, sketch_keys
 
     lengths, max_len = (5, 17, 40), 48
     g = torch.Generator().manual_seed(3)
@@ -179,13 +200,21 @@ def test_tensor_only_decode_equals_step_on_the_same_dense_decode_batch(tiny_mode
                                                 cache=caches[0]))
 
     def flat(ts):
-        return [t.view(-1, t.shape[-1]) for t in ts]
+        return [t.flatten(0, 1) for t in ts]
 
     c = caches[1]
     slot_table = torch.arange(len(lengths) * max_len).view(len(lengths), max_len)
-    rows = DecodeRows.from_slot_table(flat(c.latent), flat(c.k_pe), flat(c.index_k), slot_table, positions)
+    rows = DecodeRows.from_slot_table(flat(c.latent), flat(c.k_pe), flat(c.index_k),
+                                      [KeySketch(*flat(s)) for s in c.index_sketch], slot_table, positions)
     decoded = tiny_model.decode(new, positions, rows)
     assert torch.equal(decoded, stepped)
-    for kind in ("latent", "k_pe", "index_k"):
+    for kind in ("latent", "k_pe", "index_k", "index_sketch"):
         for a, b in zip(getattr(caches[0], kind), getattr(caches[1], kind)):
-            assert torch.equal(a, b), kind
+            for x, y in zip(*((a, b) if kind == "index_sketch" else ((a,), (b,)))):
+                assert torch.equal(x, y), kind
+    layers = tiny_model.config.num_hidden_layers             # (the cache's last layer is MTP's)
+    for keys, sketch in zip(c.index_k[:layers], c.index_sketch[:layers]):    # every written key's sketch
+        written = keys.abs().amax(-1) > 0
+        assert int(written.sum()) == sum(lengths) + 3
+        for got, want in zip(sketch, sketch_keys(keys)):
+            assert torch.equal(got[written], want[written])

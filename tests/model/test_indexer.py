@@ -157,15 +157,79 @@ def test_screened_decode_selection_equals_the_exact_one(tiny_model, length):
                 assert torch.equal(torch.sort(screened).values, torch.sort(exact).values), seed
 
 
+@pytest.mark.parametrize("length", [700, 2600])
+def test_sketched_decode_selection_equals_the_exact_one(tiny_model, length):
+    """The int8-sketch scan with its error bounds returns exactly the fp32 top-k, ties included: on
+    real (FP8) keys, on keys that are not FP8 values (every entry then has a rounding residual), on
+    keys with wildly different norms, and on keys whose one huge entry leaves the others coarse."""
+    from deepseek.model.indexer import exact_scores, sketch_keys, sketched_topk, topk_positions
+
+    indexer, cfg = tiny_model.model.layers[2].self_attn.indexer, tiny_model.config
+    k = cfg.index_topk
+    for seed in range(8):
+        keys, q, w = _real_keys_and_queries(indexer, cfg, length, seed)
+        g = torch.Generator().manual_seed(seed)
+        dup = keys.clone()
+        dup[::2] = keys[0]
+        plain = (keys.float() + 0.05 * torch.randn(keys.shape, generator=g)).to(torch.bfloat16)
+        spread = (keys.float() * torch.exp2(torch.randint(-12, 4, (length, 1), generator=g))).to(torch.bfloat16)
+        outlier = keys.clone()          # one shared huge entry: the sketch keeps ~3 bits of the rest
+        outlier[:, 0] = 16 * float(keys.abs().max())
+        for qq, ww in [(q, w), (q, -w.abs()), (q, w * 0)]:
+            for kk in (keys, dup, plain, spread, outlier):
+                exact = topk_positions(exact_scores(qq[None], ww[None], kk), k)[0]
+                bound = max(indexer.key_norm_bound(), float(kk.float().norm(dim=1).max()))
+                sketched = sketched_topk(qq, ww, kk, sketch_keys(kk), k, bound)
+                assert torch.equal(torch.sort(sketched).values, torch.sort(exact).values), seed
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1e4, 1e4, width=16), min_size=16, max_size=16), st.integers(-30, 30))
+def test_a_key_sketch_stays_within_its_residual(values, exponent):
+    from deepseek.model.indexer import sketch_keys
+
+    key = (torch.tensor(values) * 2.0 ** exponent).to(torch.bfloat16)[None]
+    rows, scale, residual = sketch_keys(key)
+    assert rows.dtype == torch.int8 and int(rows.abs().max()) <= 127
+    assert float(scale) == 2.0 ** round(math.log2(float(scale)))              # a power of two
+    error = (key.double() - rows.double() * scale.double()[:, None]).norm(dim=1)
+    assert bool((error <= residual.double()).all())
+    if float(key.abs().max()) > 0:
+        assert int(rows.abs().max()) >= 64                                   # the largest entry keeps 7 bits
+
+
+def test_the_largest_bf16_mantissa_is_clamped_into_int8():
+    from deepseek.model.indexer import sketch_keys
+
+    key = torch.tensor([[2 - 2 ** -7, -(2 - 2 ** -7)] + [0.01] * 14], dtype=torch.bfloat16)  # 127.5 x scale
+    rows, scale, residual = sketch_keys(key)
+    assert rows[0, :2].tolist() == [127, -127] and float(scale) == 2 ** -6
+    assert float((key.double() - rows.double() * scale.double()).norm()) <= float(residual)
+
+
+def test_fp8_keys_lose_only_their_small_entries_in_the_sketch(tiny_model):
+    from deepseek.model.indexer import sketch_keys
+
+    indexer, cfg = tiny_model.model.layers[1].self_attn.indexer, tiny_model.config
+    keys, _, _ = _real_keys_and_queries(indexer, cfg, 64, 0)
+    rows, scale, _ = sketch_keys(keys)
+    big = keys.float().abs() >= keys.float().abs().amax(dim=1, keepdim=True) / 8
+    assert torch.equal((rows.float() * scale.float()[:, None])[big], keys.float()[big])
+
+
 def test_decode_takes_the_screened_path_on_long_contexts(tiny_model):
+    from deepseek.model.indexer import sketch_keys
+
     indexer, cfg = tiny_model.model.layers[1].self_attn.indexer, tiny_model.config
     keys, _, _ = _real_keys_and_queries(indexer, cfg, 400, 3)
     g = torch.Generator().manual_seed(5)
     x, qr = torch.randn(1, cfg.hidden_size, generator=g), torch.randn(1, cfg.q_lora_rank, generator=g)
     cos, sin = rope_cos_sin(yarn_inv_freq(cfg), torch.tensor([399]))
     fast = indexer.select(x, qr, keys, 399, cos, sin)                       # bf16 keys, T >= 4k: screened
+    faster = indexer.select(x, qr, keys, 399, cos, sin, sketch_keys(keys))  # ... over the int8 sketch
     slow = indexer.select(x, qr, keys.float(), 399, cos, sin)               # fp32 keys: the exact scan
     assert torch.equal(torch.sort(fast[0]).values, torch.sort(slow[0]).values)
+    assert torch.equal(torch.sort(faster[0]).values, torch.sort(slow[0]).values)
 
 
 @settings(max_examples=200, deadline=None)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from ..model.config import ModelConfig
+from ..model.indexer import KeySketch, empty_key_sketch, sketch_bytes, sketch_keys
 
 
 class PagedKVCache:
@@ -33,33 +34,43 @@ class PagedKVCache:
 
         self.latent = buf(config.kv_lora_rank)                                   # [blocks, B, R]
         self.k_pe = buf(config.qk_rope_head_dim)                                 # [blocks, B, Dr]
-        self.index_k = None                                                      # [blocks, B, Di]
+        self.index_k = self.index_sketch = None                                  # [blocks, B, Di]
         if config.has_indexer:   # bf16 holds the FP8-exact keys without loss, at half of fp32's bytes
             self.index_k = [torch.zeros(num_blocks, block_size, config.index_head_dim, dtype=torch.bfloat16,
                                         device=device) for _ in range(num_layers)]
+            sketches = [empty_key_sketch((num_blocks, block_size), config.index_head_dim, device)
+                        for _ in range(num_layers)]
+            self.index_sketch = sketches if sketches[0] is not None else None
 
     @staticmethod
     def bytes_per_block(config: ModelConfig, num_layers: int, block_size: int,
-                        dtype: torch.dtype = torch.bfloat16) -> int:
+                        dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> int:
         """Bytes one block takes across all layers and kinds."""
         width = (config.kv_lora_rank + config.qk_rope_head_dim) * dtype.itemsize
-        width += config.index_head_dim * 2 if config.has_indexer else 0      # indexer keys are bf16
+        if config.has_indexer:                                               # indexer keys are bf16
+            width += config.index_head_dim * 2
+            if empty_key_sketch((0,), config.index_head_dim, device) is not None:
+                width += sketch_bytes(config.index_head_dim)
         return num_layers * block_size * width
 
     @classmethod
     def blocks_for_budget(cls, config: ModelConfig, num_layers: int, block_size: int,
-                          dtype: torch.dtype, budget_bytes: int) -> int:
+                          dtype: torch.dtype, budget_bytes: int, device: torch.device | str = "cpu") -> int:
         """How many blocks fit in `budget_bytes`; refuses a budget that holds none."""
-        per_block = cls.bytes_per_block(config, num_layers, block_size, dtype)
+        per_block = cls.bytes_per_block(config, num_layers, block_size, dtype, device)
         if budget_bytes < per_block:
             raise ValueError(f"a cache budget of {budget_bytes} bytes holds no block "
                              f"({per_block} bytes each at block_size={block_size})")
         return budget_bytes // per_block
 
-    def flat_layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
-        """Every layer's storage as `[num_blocks * block_size, W]` views: latent, k_pe, index_k."""
+    def flat_layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None,
+                                   list[KeySketch] | None]:
+        """Every layer's storage as `[num_blocks * block_size, ...]` views: latent, k_pe, index_k,
+        index_sketch."""
         index_k = [_flat(t) for t in self.index_k] if self.index_k is not None else None
-        return [_flat(t) for t in self.latent], [_flat(t) for t in self.k_pe], index_k
+        sketch = ([KeySketch(*(_flat(t) for t in s)) for s in self.index_sketch]
+                  if self.index_sketch is not None else None)
+        return [_flat(t) for t in self.latent], [_flat(t) for t in self.k_pe], index_k, sketch
 
     def view(self, block_tables: Sequence[Sequence[int]]) -> PagedCacheView:
         """The `KVCache` of one forward call: sequence i of the batch uses `block_tables[i]`."""
@@ -104,6 +115,9 @@ class PagedCacheView:
         _flat(c.k_pe[layer]).index_copy_(0, slots, k_pe.to(c.dtype))
         if c.index_k is not None and index_k is not None:
             _flat(c.index_k[layer]).index_copy_(0, slots, index_k.to(torch.bfloat16))
+            if c.index_sketch is not None:
+                for dst, src in zip(c.index_sketch[layer], sketch_keys(index_k)):
+                    _flat(dst).index_copy_(0, slots, src)
 
     def load(self, layer: int, seq: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows `[0, end)` of sequence `seq`: (latent [T, R], k_pe [T, Dr], index_k [T, Di] or None)."""
@@ -114,6 +128,11 @@ class PagedCacheView:
     def load_index_keys(self, layer: int, seq: int, end: int) -> torch.Tensor:
         """Indexer keys of rows `[0, end)` of sequence `seq`: [T, Di]."""
         return self._rows(self.cache.index_k[layer], seq, end)
+
+    def load_index_sketch(self, layer: int, seq: int, end: int) -> KeySketch | None:
+        """The int8 sketch of those keys, or None where this cache keeps none."""
+        sketch = self.cache.index_sketch
+        return KeySketch(*(self._rows(t, seq, end) for t in sketch[layer])) if sketch is not None else None
 
     def gather(self, layer: int, seq: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent and k_pe rows at `positions` [K] of sequence `seq`: [K, R], [K, Dr]."""
@@ -145,5 +164,5 @@ class PagedCacheView:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    """[num_blocks, block_size, W] -> [num_blocks * block_size, W], a view sharing storage."""
-    return t.view(-1, t.shape[-1])
+    """[num_blocks, block_size, ...] -> [num_blocks * block_size, ...], a view sharing storage."""
+    return t.flatten(0, 1)

@@ -41,7 +41,7 @@ class LLMEngine:
         mc = model.config
         wanted_len = config.max_model_len or mc.max_position_embeddings
         per_budget = PagedKVCache.blocks_for_budget(mc, model.num_cache_layers, config.block_size,
-                                                    model.dtype, config.cache_bytes)
+                                                    model.dtype, config.cache_bytes, model.device)
         # Never more blocks than every sequence at full length could use.
         num_blocks = min(per_budget, math.ceil(config.max_num_seqs * wanted_len / config.block_size))
         self.max_model_len = min(wanted_len, num_blocks * config.block_size, mc.max_position_embeddings)

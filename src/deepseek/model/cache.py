@@ -7,7 +7,8 @@ once; attention works sequence by sequence against the cache.
 
 The cache stores, per layer and per token, exactly what MLA and the indexer need later
 (spec §3, §7.5, §8.4): the normalised KV latent `c` (kv_lora_rank), the rotated shared key `k_pe`
-(qk_rope_head_dim) and the indexer key (index_head_dim; kept as its exact FP8-dequantized value).
+(qk_rope_head_dim) and the indexer key (index_head_dim; kept as its exact FP8-dequantized value,
+and on CPU also as an int8 `KeySketch` that the long-context decode scan reads instead).
 `KVCache` is the small interface; `ContiguousCache` is the simple implementation used by
 `Transformer.forward` and `deepseek generate`. The engine supplies a paged one.
 """
@@ -21,6 +22,7 @@ from typing import Protocol
 import torch
 
 from .config import ModelConfig
+from .indexer import KeySketch, empty_key_sketch, sketch_keys
 
 
 class KVCache(Protocol):
@@ -39,7 +41,11 @@ class KVCache(Protocol):
         """Rows `[0, end)` of one sequence: (latent [T, R], k_pe [T, Dr], index_k [T, Di] or None)."""
 
     def load_index_keys(self, layer: int, seq: int, end: int) -> torch.Tensor:
-        """Indexer keys of rows `[0, end)`: [T, Di]. The only O(T) read of a sparse decode step."""
+        """Indexer keys of rows `[0, end)`: [T, Di]."""
+
+    def load_index_sketch(self, layer: int, seq: int, end: int) -> KeySketch | None:
+        """The int8 sketch of those keys ([T, Di], [T], [T]), or None if this cache keeps none.
+        With it, this is the only O(T) read of a long-context sparse decode step."""
 
     def gather(self, layer: int, seq: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent and k_pe rows at `positions` [K] (all < the written length): [K, R], [K, Dr]."""
@@ -114,18 +120,20 @@ class DecodeRows:
     latent: list[torch.Tensor]
     k_pe: list[torch.Tensor]
     index_k: list[torch.Tensor] | None
+    index_sketch: list[KeySketch] | None       # flat [slots, Di], [slots], [slots] per layer
     write_slots: torch.Tensor   # [B] int64
     read_slots: torch.Tensor    # [B, K] int64
     visible: torch.Tensor       # [B, K] bool
 
     @classmethod
-    def from_slot_table(cls, latent, k_pe, index_k, slot_table: torch.Tensor,
+    def from_slot_table(cls, latent, k_pe, index_k, index_sketch, slot_table: torch.Tensor,
                         positions: torch.Tensor) -> "DecodeRows":
         """slot_table [B, >= max(positions) + 1]: the slot of every position of each sequence."""
         width = int(positions.max()) + 1
         span = torch.arange(width, device=positions.device)
         write = slot_table.gather(1, positions[:, None]).squeeze(1)
-        return cls(latent, k_pe, index_k, write, slot_table[:, :width], span[None, :] <= positions[:, None])
+        return cls(latent, k_pe, index_k, index_sketch, write, slot_table[:, :width],
+                   span[None, :] <= positions[:, None])
 
     def write_and_gather(self, layer: int, latent: torch.Tensor, k_pe: torch.Tensor,
                          index_k: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +142,9 @@ class DecodeRows:
         self.k_pe[layer].index_copy_(0, self.write_slots, k_pe.to(self.k_pe[layer].dtype))
         if self.index_k is not None and index_k is not None:
             self.index_k[layer].index_copy_(0, self.write_slots, index_k.to(self.index_k[layer].dtype))
+            if self.index_sketch is not None:
+                for dst, src in zip(self.index_sketch[layer], sketch_keys(index_k)):
+                    dst.index_copy_(0, self.write_slots, src)
         return self.latent[layer][self.read_slots], self.k_pe[layer][self.read_slots]
 
 
@@ -150,10 +161,13 @@ class ContiguousCache:
 
         self.latent = buf(config.kv_lora_rank)
         self.k_pe = buf(config.qk_rope_head_dim)
-        self.index_k = None
+        self.index_k = self.index_sketch = None
         if config.has_indexer:   # bf16 holds the FP8-exact keys without loss, at half of fp32's bytes
             self.index_k = [torch.zeros(batch_size, max_len, config.index_head_dim, dtype=torch.bfloat16,
                                         device=device) for _ in range(num_layers)]
+            sketches = [empty_key_sketch((batch_size, max_len), config.index_head_dim, device)
+                        for _ in range(num_layers)]
+            self.index_sketch = sketches if sketches[0] is not None else None
 
     def store_tokens(self, layer, seqs, positions, latent, k_pe, index_k) -> None:
         if positions.numel() and int(positions.max()) >= self.max_len:
@@ -162,6 +176,9 @@ class ContiguousCache:
         self.k_pe[layer][seqs, positions] = k_pe.to(self.k_pe[layer].dtype)
         if self.index_k is not None and index_k is not None:
             self.index_k[layer][seqs, positions] = index_k.to(torch.bfloat16)
+            if self.index_sketch is not None:
+                for dst, src in zip(self.index_sketch[layer], sketch_keys(index_k)):
+                    dst[seqs, positions] = src
 
     def load(self, layer, seq, end):
         index_k = self.index_k[layer][seq, :end] if self.index_k is not None else None
@@ -169,6 +186,11 @@ class ContiguousCache:
 
     def load_index_keys(self, layer, seq, end):
         return self.index_k[layer][seq, :end]
+
+    def load_index_sketch(self, layer, seq, end):
+        if self.index_sketch is None:
+            return None
+        return KeySketch(*(t[seq, :end] for t in self.index_sketch[layer]))
 
     def gather(self, layer, seq, positions):
         return self.latent[layer][seq, positions], self.k_pe[layer][seq, positions]

@@ -14,6 +14,7 @@ reference's FP8 kernel computes. Each query then attends only to its `index_topk
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -101,16 +102,19 @@ class Indexer(nn.Module):
         return out.masked_fill_(causal, float("-inf"))
 
     def select(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor, start: int,
-               cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+               cos: torch.Tensor, sin: torch.Tensor, sketch: KeySketch | None = None) -> torch.Tensor:
         """Top-k key positions per query, [S, min(index_topk, T)] int64, ascending.
 
         Early prefill rows have fewer than k visible keys; their surplus picks are future positions
         (score −inf), which the attention's causal mask removes again (spec §8.5). A decode step over a
-        long context takes the screened path, which returns the very same set, faster.
+        long context takes the screened path, which returns the very same set, faster; with the
+        keys' int8 `sketch` [T] (see `KeySketch`), faster still.
         """
         k = min(self.index_topk, keys.shape[0])
         if x.shape[0] == 1 and keys.shape[0] >= _SCREEN_FROM * k and keys.dtype == torch.bfloat16:
             q, w = self.queries(x, qr, cos, sin)
+            if sketch is not None:
+                return sketched_topk(q[0], w[0], keys, sketch, k, self.key_norm_bound())[None]
             return screened_topk(q[0], w[0], keys, k, self.key_norm_bound())[None]
         return topk_positions(self.scores(x, qr, keys, start, cos, sin), k)
 
@@ -155,10 +159,80 @@ def screened_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, k: int, 
     accumulation = float(w.abs() @ q.norm(dim=1)) * 4 * q.shape[1] * 2 ** -24 * key_norm
     score = torch.mm(w[None], approx.relu()).squeeze(0)                          # [T]
     error = torch.mm(w.abs()[None], approx.abs()).squeeze(0).mul_(2 ** -7).add_(accumulation).mul_(1 + 2 ** -10)
+    return _rescore(q, w, keys, score, error, k)
+
+
+class KeySketch(NamedTuple):
+    """An int8 approximation of cached indexer keys, read by the long-context decode scan instead of
+    the bf16 keys: half the bytes, and torch's int8 weight-only GEMM kernel runs several times
+    faster than a bf16 GEMM with 4-64 rows. `scale * rows[t]` is within `residual[t]` (L2) of key t.
+
+    rows [..., Di] int8, scale [...] bf16 (powers of two), residual [...] fp32.
+    """
+
+    rows: torch.Tensor
+    scale: torch.Tensor
+    residual: torch.Tensor
+
+
+def sketch_keys(keys: torch.Tensor) -> KeySketch:
+    """The sketch of keys [..., Di] as a cache holds them (in bf16).
+
+    Each row's scale is 2^(e - 6), where 2^e <= max|k| < 2^(e+1), so the largest entry maps into
+    [64, 128]. Every entry of an FP8 key (3 mantissa bits) of at least 2^(e-3) is then an exact
+    multiple of the scale: most entries carry no error. The residual is the L2 norm of what
+    rounding (and clamping 127.5 of a bf16 key) lost, rounded up.
+    """
+    k = keys.to(torch.bfloat16).float()
+    top = k.abs().amax(dim=-1).clamp_min(2.0 ** -100)
+    scale = torch.exp2(torch.floor(torch.log2(top)) - 6)
+    rows = torch.round(k / scale.unsqueeze(-1)).clamp_(-127, 127)
+    residual = (k - rows * scale.unsqueeze(-1)).norm(dim=-1) * (1 + 2 ** -16)
+    return KeySketch(rows.to(torch.int8), scale.to(torch.bfloat16), residual)
+
+
+def empty_key_sketch(shape: tuple[int, ...], head_dim: int, device: torch.device | str) -> KeySketch | None:
+    """Zeroed sketch storage for keys of `shape` (e.g. [blocks, block_size]), or None where the int8
+    kernel does not apply: it is a CPU kernel, and it needs Di to be a multiple of 16 (its vector
+    width; it loads aligned rows, which rows of a multiple of 16 bytes in an aligned buffer are)."""
+    if torch.device(device).type != "cpu" or head_dim % 16:
+        return None
+    return KeySketch(torch.zeros(*shape, head_dim, dtype=torch.int8, device=device),
+                     torch.zeros(shape, dtype=torch.bfloat16, device=device),
+                     torch.zeros(shape, dtype=torch.float32, device=device))
+
+
+def sketch_bytes(head_dim: int) -> int:
+    """Bytes per token of a sketch: the int8 row, a bf16 scale and an fp32 residual."""
+    return head_dim + 2 + 4
+
+
+def sketched_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, sketch: KeySketch, k: int,
+                  key_norm: float) -> torch.Tensor:
+    """`screened_topk` with the O(T) scan over the int8 sketch: the same exact result.
+
+    The kernel computes q_h · (scale_t · rows_t) in fp32 (the products are exact: an int8 times a
+    power of two) and rounds the sum to bf16. A score's error bound adds, per head, what the sketch
+    lost, |q_h · e_t| <= ||q_h|| · residual_t (Cauchy-Schwarz), to the two terms of the bf16 screen.
+    """
+    approx = torch._weight_int8pack_mm(q.to(torch.bfloat16), sketch.rows, sketch.scale).float()  # [Hi, T]
+    head = float(w.abs() @ q.norm(dim=1))                                        # Σ_h |w_h| ||q_h||
+    accumulation = 4 * q.shape[1] * 2 ** -24
+    score = torch.mm(w[None], approx.relu()).squeeze(0)                          # [T]
+    error = torch.mm(w.abs()[None], approx.abs()).squeeze(0).mul_(2 ** -7)
+    error.add_(sketch.residual * (head * (1 + accumulation))).add_(head * accumulation * key_norm)
+    return _rescore(q, w, keys, score, error.mul_(1 + 2 ** -10), k)
+
+
+def _rescore(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, score: torch.Tensor,
+             error: torch.Tensor, k: int) -> torch.Tensor:
+    """Every key whose score can reach the top-k (upper bound >= the k-th best lower bound), rescored
+    exactly and ranked with the usual tie rule: [k] positions."""
     floor = _kth_largest_floor(score - error, k)
     candidates = (score + error >= floor).nonzero().squeeze(1)                    # ascending positions
     exact = exact_scores(q[None], w[None], keys.index_select(0, candidates))     # [1, C]
     return candidates[topk_positions(exact, k)[0]]
+
 
 def _kth_largest_floor(values: torch.Tensor, k: int, spread: int = 8) -> torch.Tensor:
     """A value <= the k-th largest of `values` [T], at a fraction of a full top-k's cost: the k-th

@@ -96,8 +96,8 @@ class MLA(nn.Module):
                 topk = self.indexer.select(x[sl], qr[sl], ik_all, start, cos[sl], sin[sl]) if sparse else None
                 out[sl] = self._expanded(q_nope[sl], q_pe[sl], c_all, pe_all, start, topk)
             elif sparse:     # sparse decode: scan every indexer key (cheap), keep index_topk rows
-                keys = cache.load_index_keys(layer, seq, end)
-                picks = self.indexer.select(x[sl], qr[sl], keys, start, cos[sl], sin[sl])[0]
+                keys, sketch = cache.load_index_keys(layer, seq, end), cache.load_index_sketch(layer, seq, end)
+                picks = self.indexer.select(x[sl], qr[sl], keys, start, cos[sl], sin[sl], sketch)[0]
                 decodes.append((seq, sl.start, end, picks))
             else:            # dense decode: every cached row
                 decodes.append((seq, sl.start, end, None))
