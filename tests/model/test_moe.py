@@ -131,3 +131,26 @@ def test_packed_experts_give_the_looped_sum_in_the_same_memory(tiny_config, toke
             assert p.untyped_storage().data_ptr() == stack.untyped_storage().data_ptr(), n
     # Same expert order per token, so only the GEMM kernels' rounding may differ.
     torch.testing.assert_close(moe(x), looped, atol=1e-6, rtol=1e-6)
+
+
+def test_prepare_inference_lays_every_weight_out_column_major_and_keeps_the_model(tiny_config):
+    """`Transformer.prepare_inference` (every engine calls it): the same values, each CPU weight
+    column-major (packed experts as views of their stacks), and the same logits up to GEMM rounding."""
+    from deepseek.model import Transformer
+    from deepseek.model.checkpoint import init_random_weights
+    from deepseek.model.layers import Linear
+
+    model = init_random_weights(Transformer(tiny_config, dtype=torch.float32), seed=0).eval().requires_grad_(False)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    prompt = torch.randint(0, 1024, (1, 40), generator=torch.Generator().manual_seed(0))
+    logits = model(prompt)
+    model.prepare_inference()
+    model.prepare_inference()                              # again is harmless
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert all(m.weight.stride(0) == 1 for m in linears)
+    gate_up, down = model.model.layers[1].mlp.packed
+    expert = model.model.layers[1].mlp.experts[3]
+    assert expert.down_proj.weight.untyped_storage().data_ptr() == down.untyped_storage().data_ptr()
+    torch.testing.assert_close(model(prompt), logits, atol=1e-5, rtol=1e-5)

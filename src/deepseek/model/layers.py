@@ -60,6 +60,18 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantized_weight(x.dtype))
 
+    def prepare_inference(self) -> None:
+        """On CPU, hold the weight column-major: the same `[out, in]` tensor, with `in` rows of
+        `out` values in memory. `x Wᵀ` is then a plain GEMM over a row-major `[in, out]` matrix,
+        which for a few rows of x runs about 1.5x faster here than the transposed form (decode steps
+        stream every weight from memory). FP8-resident weights, and views already laid out so
+        (packed experts), are left alone."""
+        w = self.weight
+        if w.dtype == FP8 or w.device.type != "cpu" or w.stride(0) == 1:
+            return
+        with torch.no_grad():
+            w.data = w.data.t().contiguous().t()
+
     def extra_repr(self) -> str:
         return f"{self.in_features}->{self.out_features}, quantized={self.quantized}"
 

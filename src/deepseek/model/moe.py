@@ -71,7 +71,8 @@ class MoE(nn.Module):
     def pack(self) -> bool:
         """Restack the routed experts as `[E, 2I, D]` (gate rows, then up rows) and `[E, D, I]`, and
         make every expert's weights views of them: no extra memory, and `forward` then runs
-        `grouped_experts` (one gate+up GEMM per active expert; opaque to `torch.compile`).
+        `grouped_experts` (one gate+up GEMM per active expert; opaque to `torch.compile`). On CPU
+        each expert's matrices are column-major, as `Linear.prepare_inference` lays out the others.
         FP8-resident experts are left as they are (returns False)."""
         if self.packed is not None:
             return True
@@ -79,8 +80,8 @@ class MoE(nn.Module):
         if first.dtype == FP8 or first.device.type == "meta":
             return False
         inter = first.shape[0]
-        gate_up = torch.stack([torch.cat((e.gate_proj.weight, e.up_proj.weight)) for e in self.experts])
-        down = torch.stack([e.down_proj.weight for e in self.experts])
+        gate_up = _column_major(torch.stack([torch.cat((e.gate_proj.weight, e.up_proj.weight)) for e in self.experts]))
+        down = _column_major(torch.stack([e.down_proj.weight for e in self.experts]))
         for i, e in enumerate(self.experts):
             e.gate_proj.weight = nn.Parameter(gate_up[i, :inter], requires_grad=False)
             e.up_proj.weight = nn.Parameter(gate_up[i, inter:], requires_grad=False)
@@ -105,6 +106,11 @@ class MoE(nn.Module):
             token, slot = torch.where(ids == e)
             y.index_add_(0, token, self.experts[e](x[token]).float() * weights[token, slot, None])
         return y
+
+
+def _column_major(stack: torch.Tensor) -> torch.Tensor:
+    """[E, out, in] with each expert's matrix column-major on CPU (see `Linear.prepare_inference`)."""
+    return stack.transpose(1, 2).contiguous().transpose(1, 2) if stack.device.type == "cpu" else stack
 
 
 # An opaque operator to `torch.compile`: how many tokens each expert gets is data-dependent.

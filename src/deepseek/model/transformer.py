@@ -105,11 +105,16 @@ class Transformer(nn.Module):
         return any(layer.self_attn.needs_index(context) for layer in self.model.layers)
 
     def prepare_inference(self) -> None:
-        """After loading and before serving (again is harmless): stack each MoE's experts (`MoE.pack`)
-        and precompute what attention would otherwise derive from the weights on every call."""
+        """After loading and before serving (again is harmless): stack each MoE's experts (`MoE.pack`),
+        lay the other weights out for small-batch GEMMs (`Linear.prepare_inference`), and
+        precompute what attention would otherwise derive from the weights on every call."""
         for layer in self.model.layers:
             if hasattr(layer.mlp, "pack"):
                 layer.mlp.pack()
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.prepare_inference()
+        for layer in self.model.layers:
             layer.self_attn.prepare_inference(self.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
