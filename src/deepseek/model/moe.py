@@ -120,6 +120,13 @@ def grouped_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, g
     """`MoE._looped`'s sum, over the (token, expert) pairs sorted by expert: x [N, D], weights and
     ids [N, k], gate_up [E, 2I, D], down [E, D, I] -> [N, D] fp32. One fused gate+up GEMM and one
     down GEMM per active expert, and a single scatter-add at the end."""
+    if x.shape[0] == 1:     # one token (a batch-1 decode step): the same sums, without sort or scatter
+        y = None
+        for e, slot in sorted(zip(ids[0].tolist(), range(ids.shape[1]))):
+            g, u = F.linear(x, gate_up[e]).float().chunk(2, dim=-1)
+            h = F.linear((F.silu(g) * u).to(x.dtype), down[e]).float() * weights[0, slot]
+            y = h if y is None else y.add_(h)
+        return y
     pairs = ids.flatten()
     order = pairs.argsort(stable=True)                    # by expert, then token: _looped's order
     token = order // ids.shape[1]
