@@ -2,7 +2,8 @@
 
 Results are written in input order, one JSON line per request; a failed request is recorded and
 the run goes on. Interrupt it at any time (Ctrl-C finishes the requests in flight; a second Ctrl-C
-stops at once) and run the same command again: requests already in OUT are skipped. Ends with a summary of tokens, cost (deepseek.pricing, or --prices) and failures.
+stops at once) and run the same command again: requests already in OUT are skipped. Ends with a
+summary of tokens, cost (deepseek.pricing, or --prices) and failures.
 """
 
 from __future__ import annotations

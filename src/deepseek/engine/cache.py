@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from ..model.config import ModelConfig
-from ..model.indexer import KeySketch, empty_key_sketch, sketch_bytes, sketch_keys
+from ..model.indexer import KeySketch, empty_key_sketch, sketch_bytes, sketch_keys, sketch_supported
 
 
 class PagedKVCache:
@@ -38,9 +38,9 @@ class PagedKVCache:
         if config.has_indexer:   # bf16 holds the FP8-exact keys without loss, at half of fp32's bytes
             self.index_k = [torch.zeros(num_blocks, block_size, config.index_head_dim, dtype=torch.bfloat16,
                                         device=device) for _ in range(num_layers)]
-            sketches = [empty_key_sketch((num_blocks, block_size), config.index_head_dim, device)
-                        for _ in range(num_layers)]
-            self.index_sketch = sketches if sketches[0] is not None else None
+            if sketch_supported(config.index_head_dim, device):
+                self.index_sketch = [empty_key_sketch((num_blocks, block_size), config.index_head_dim, device)
+                                     for _ in range(num_layers)]
 
     @staticmethod
     def bytes_per_block(config: ModelConfig, num_layers: int, block_size: int,
@@ -49,7 +49,7 @@ class PagedKVCache:
         width = (config.kv_lora_rank + config.qk_rope_head_dim) * dtype.itemsize
         if config.has_indexer:                                               # indexer keys are bf16
             width += config.index_head_dim * 2
-            if empty_key_sketch((0,), config.index_head_dim, device) is not None:
+            if sketch_supported(config.index_head_dim, device):
                 width += sketch_bytes(config.index_head_dim)
         return num_layers * block_size * width
 

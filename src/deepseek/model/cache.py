@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 
 from .config import ModelConfig
-from .indexer import KeySketch, empty_key_sketch, sketch_keys
+from .indexer import KeySketch, empty_key_sketch, sketch_keys, sketch_supported
 
 
 class KVCache(Protocol):
@@ -165,9 +165,9 @@ class ContiguousCache:
         if config.has_indexer:   # bf16 holds the FP8-exact keys without loss, at half of fp32's bytes
             self.index_k = [torch.zeros(batch_size, max_len, config.index_head_dim, dtype=torch.bfloat16,
                                         device=device) for _ in range(num_layers)]
-            sketches = [empty_key_sketch((batch_size, max_len), config.index_head_dim, device)
-                        for _ in range(num_layers)]
-            self.index_sketch = sketches if sketches[0] is not None else None
+            if sketch_supported(config.index_head_dim, device):
+                self.index_sketch = [empty_key_sketch((batch_size, max_len), config.index_head_dim, device)
+                                     for _ in range(num_layers)]
 
     def store_tokens(self, layer, seqs, positions, latent, k_pe, index_k) -> None:
         if positions.numel() and int(positions.max()) >= self.max_len:

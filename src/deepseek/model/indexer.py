@@ -111,12 +111,17 @@ class Indexer(nn.Module):
         keys' int8 `sketch` [T] (see `KeySketch`), faster still.
         """
         k = min(self.index_topk, keys.shape[0])
-        if x.shape[0] == 1 and keys.shape[0] >= _SCREEN_FROM * k and keys.dtype == torch.bfloat16:
+        if self.screens(keys, x.shape[0]):
             q, w = self.queries(x, qr, cos, sin)
             if sketch is not None:
                 return sketched_topk(q[0], w[0], keys, sketch, k, self.key_norm_bound())[None]
             return screened_topk(q[0], w[0], keys, k, self.key_norm_bound())[None]
         return topk_positions(self.scores(x, qr, keys, start, cos, sin), k)
+
+    def screens(self, keys: torch.Tensor, num_queries: int) -> bool:
+        """Whether `select` takes the screened decode path (the one that reads a sketch)."""
+        k = min(self.index_topk, keys.shape[0])
+        return num_queries == 1 and keys.shape[0] >= _SCREEN_FROM * k and keys.dtype == torch.bfloat16
 
     def key_norm_bound(self) -> float:
         """An upper bound on ||k||_2 of any cached key: LayerNorm output (|γ|·sqrt(Di) + ||β||),
@@ -191,12 +196,15 @@ def sketch_keys(keys: torch.Tensor) -> KeySketch:
     return KeySketch(rows.to(torch.int8), scale.to(torch.bfloat16), residual)
 
 
-def empty_key_sketch(shape: tuple[int, ...], head_dim: int, device: torch.device | str) -> KeySketch | None:
-    """Zeroed sketch storage for keys of `shape` (e.g. [blocks, block_size]), or None where the int8
-    kernel does not apply: it is a CPU kernel, and it needs Di to be a multiple of 16 (its vector
-    width; it loads aligned rows, which rows of a multiple of 16 bytes in an aligned buffer are)."""
-    if torch.device(device).type != "cpu" or head_dim % 16:
-        return None
+def sketch_supported(head_dim: int, device: torch.device | str) -> bool:
+    """Whether caches keep a key sketch: the int8 kernel runs on CPU only, and needs Di to be a
+    multiple of 16 (its vector width; it loads aligned rows, which rows of a multiple of 16 bytes in
+    an aligned buffer are)."""
+    return torch.device(device).type == "cpu" and head_dim % 16 == 0
+
+
+def empty_key_sketch(shape: tuple[int, ...], head_dim: int, device: torch.device | str) -> KeySketch:
+    """Zeroed sketch storage for keys of `shape` (e.g. [blocks, block_size])."""
     return KeySketch(torch.zeros(*shape, head_dim, dtype=torch.int8, device=device),
                      torch.zeros(shape, dtype=torch.bfloat16, device=device),
                      torch.zeros(shape, dtype=torch.float32, device=device))

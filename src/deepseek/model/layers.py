@@ -40,6 +40,12 @@ class LayerNorm(nn.Module):
         return y.to(x.dtype)
 
 
+def column_major(t: torch.Tensor) -> torch.Tensor:
+    """`t` [..., out, in] with each matrix stored column-major on CPU (see `Linear.prepare_inference`);
+    elsewhere `t` itself."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.device.type == "cpu" else t
+
+
 class Linear(nn.Module):
     """y = x Wᵀ with W `[out, in]`. `weight_scale_inv` exists only while the weight is FP8-resident."""
 
@@ -67,10 +73,9 @@ class Linear(nn.Module):
         stream every weight from memory). FP8-resident weights, and views already laid out so
         (packed experts), are left alone."""
         w = self.weight
-        if w.dtype == FP8 or w.device.type != "cpu" or w.stride(0) == 1:
-            return
-        with torch.no_grad():
-            w.data = w.data.t().contiguous().t()
+        if w.dtype != FP8 and w.stride(0) != 1:
+            with torch.no_grad():
+                w.data = column_major(w.data)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}->{self.out_features}, quantized={self.quantized}"

@@ -96,7 +96,9 @@ class MLA(nn.Module):
                 topk = self.indexer.select(x[sl], qr[sl], ik_all, start, cos[sl], sin[sl]) if sparse else None
                 out[sl] = self._expanded(q_nope[sl], q_pe[sl], c_all, pe_all, start, topk)
             elif sparse:     # sparse decode: scan every indexer key (cheap), keep index_topk rows
-                keys, sketch = cache.load_index_keys(layer, seq, end), cache.load_index_sketch(layer, seq, end)
+                keys = cache.load_index_keys(layer, seq, end)
+                # The sketch is read only where the scan uses it (a scattered block table copies it).
+                sketch = cache.load_index_sketch(layer, seq, end) if self.indexer.screens(keys, 1) else None
                 picks = self.indexer.select(x[sl], qr[sl], keys, start, cos[sl], sin[sl], sketch)[0]
                 decodes.append((seq, sl.start, end, picks))
             else:            # dense decode: every cached row

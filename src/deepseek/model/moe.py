@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .fp8 import FP8
-from .layers import MLP
+from .layers import MLP, column_major
 
 
 class Gate(nn.Module):
@@ -80,8 +80,8 @@ class MoE(nn.Module):
         if first.dtype == FP8 or first.device.type == "meta":
             return False
         inter = first.shape[0]
-        gate_up = _column_major(torch.stack([torch.cat((e.gate_proj.weight, e.up_proj.weight)) for e in self.experts]))
-        down = _column_major(torch.stack([e.down_proj.weight for e in self.experts]))
+        gate_up = column_major(torch.stack([torch.cat((e.gate_proj.weight, e.up_proj.weight)) for e in self.experts]))
+        down = column_major(torch.stack([e.down_proj.weight for e in self.experts]))
         for i, e in enumerate(self.experts):
             e.gate_proj.weight = nn.Parameter(gate_up[i, :inter], requires_grad=False)
             e.up_proj.weight = nn.Parameter(gate_up[i, inter:], requires_grad=False)
@@ -106,11 +106,6 @@ class MoE(nn.Module):
             token, slot = torch.where(ids == e)
             y.index_add_(0, token, self.experts[e](x[token]).float() * weights[token, slot, None])
         return y
-
-
-def _column_major(stack: torch.Tensor) -> torch.Tensor:
-    """[E, out, in] with each expert's matrix column-major on CPU (see `Linear.prepare_inference`)."""
-    return stack.transpose(1, 2).contiguous().transpose(1, 2) if stack.device.type == "cpu" else stack
 
 
 # An opaque operator to `torch.compile`: how many tokens each expert gets is data-dependent.

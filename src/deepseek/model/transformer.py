@@ -110,12 +110,11 @@ class Transformer(nn.Module):
         precompute what attention would otherwise derive from the weights on every call."""
         for layer in self.model.layers:
             if hasattr(layer.mlp, "pack"):
-                layer.mlp.pack()
+                layer.mlp.pack()      # first: the experts' weights become views the next loop keeps
+            layer.self_attn.prepare_inference(self.dtype)
         for module in self.modules():
             if isinstance(module, Linear):
                 module.prepare_inference()
-        for layer in self.model.layers:
-            layer.self_attn.prepare_inference(self.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., vocab] fp32."""
