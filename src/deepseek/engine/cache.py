@@ -66,11 +66,23 @@ class PagedKVCache:
     def flat_layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None,
                                    list[KeySketch] | None]:
         """Every layer's storage as `[num_blocks * block_size, ...]` views: latent, k_pe, index_k,
-        index_sketch."""
-        index_k = [_flat(t) for t in self.index_k] if self.index_k is not None else None
-        sketch = ([KeySketch(*(_flat(t) for t in s)) for s in self.index_sketch]
-                  if self.index_sketch is not None else None)
-        return [_flat(t) for t in self.latent], [_flat(t) for t in self.k_pe], index_k, sketch
+        index_sketch. Made once: they view storage that never moves."""
+        if self._flat_layers is None:
+            index_k = [_flat(t) for t in self.index_k] if self.index_k is not None else None
+            sketch = ([KeySketch(*(_flat(t) for t in s)) for s in self.index_sketch]
+                      if self.index_sketch is not None else None)
+            self._flat_layers = [_flat(t) for t in self.latent], [_flat(t) for t in self.k_pe], index_k, sketch
+        return self._flat_layers
+
+    _flat_layers = None
+
+    def slot_table(self, block_tables: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[B, max blocks * block_size]: the slot of every position each table covers (past a short
+        table's end, slots of block 0, which callers never read as that sequence's)."""
+        width = max(len(t) for t in block_tables)
+        blocks = torch.tensor([list(t) + [0] * (width - len(t)) for t in block_tables], dtype=torch.long)
+        slots = blocks[:, :, None] * self.block_size + torch.arange(self.block_size)
+        return slots.flatten(1).to(self.device)
 
     def view(self, block_tables: Sequence[Sequence[int]]) -> PagedCacheView:
         """The `KVCache` of one forward call: sequence i of the batch uses `block_tables[i]`."""

@@ -2,10 +2,10 @@
 
 The runner flattens the step's new tokens of every sequence into one `ForwardBatch` over the
 paged cache and runs `model.step` once; a step in which every sequence decodes one token densely
-runs `model.decode` instead (the same arithmetic, with tensor-only metadata, optionally compiled).
-Either way it projects only the rows that need a next token (the last token of a decode or of a
-prompt's final chunk), applies grammar masks and sampler-level rules, and samples all rows in one
-vectorised call. Tensor and expert parallelism would wrap the model here without changing the
+runs `model.decode` and the LM head instead (the same arithmetic, with tensor-only metadata, as one
+function that the engine's `compile` option compiles). Either way it projects only the rows that
+need a next token (the last token of a decode or of a prompt's final chunk), applies grammar masks
+and sampler-level rules, and samples all rows in one vectorised call. Tensor and expert parallelism would wrap the model here without changing the
 scheduler.
 """
 
@@ -34,10 +34,15 @@ class ModelRunner:
     def __init__(self, model: Transformer, kv: PagedKVCache, sampler: Sampler | None = None,
                  num_valid_tokens: int | None = None, compile: bool = False):
         self.model, self.kv = model, kv
-        self.compiled_decode = None
+
+        def decode_logits(tokens: torch.Tensor, positions: torch.Tensor, rows: DecodeRows) -> torch.Tensor:
+            return model.logits(model.decode(tokens, positions, rows))
+
+        self.compiled = compile
+        self.decode_logits = decode_logits
         if compile:
             # Guards on the model's own attributes are skipped: its weights never change here.
-            self.compiled_decode = torch.compile(model.decode, dynamic=True, options={
+            self.decode_logits = torch.compile(decode_logits, dynamic=True, options={
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
         self.sampler = sampler or Sampler()
         self.eos = model.config.eos_token_id
@@ -47,28 +52,41 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> dict[Sequence, Sampled]:
         seqs, counts = batch.seqs, batch.num_tokens
+        logits, rows = self._decode(seqs) if self._dense_decode(seqs, counts) else self._step(seqs, counts)
+        if not rows:
+            return {}
+        picked = [seqs[i] for i in rows]
+        self._constrain(logits, picked)
+        out = self.sampler.sample(logits, [s.params for s in picked], [s.generator for s in picked],
+                                  [s.output_counts for s in picked])
+        token_ids = out.token_ids.tolist()
+        return {seq: Sampled(token_ids[r], _logprob(out, r, seq)) for r, seq in enumerate(picked)}
+
+    def _step(self, seqs: list[Sequence], counts: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
+        """Any batch through `model.step`: logits [R, V] of the rows that end their known tokens."""
         tokens = [t for s, n in zip(seqs, counts) for t in s.token_ids[s.num_computed:s.num_computed + n]]
         forward = ForwardBatch(
             starts=tuple(s.num_computed for s in seqs), lengths=counts,
             sparse=tuple(s.request.sparse for s in seqs),
             cache=self.kv.view([s.table.blocks for s in seqs]))
-        tokens = torch.tensor(tokens, device=self.model.device)
-        if self._dense_decode(seqs, counts):
-            positions = forward.positions(self.model.device)
-            hidden = (self.compiled_decode or self.model.decode)(tokens, positions, DecodeRows.from_slot_table(
-                *self.kv.flat_layers(), forward.cache.slot_table, positions))
-        else:
-            hidden = self.model.step(tokens, forward)
+        hidden = self.model.step(torch.tensor(tokens, device=self.model.device), forward)
         ends = forward.last_token_indices()
         rows = [i for i, (s, n) in enumerate(zip(seqs, counts)) if s.num_computed + n == len(s.token_ids)]
-        if not rows:
-            return {}
-        picked = [seqs[i] for i in rows]
-        logits = self.model.logits(hidden[[ends[i] for i in rows]])            # [R, V] fp32
-        self._constrain(logits, picked)
-        out = self.sampler.sample(logits, [s.params for s in picked], [s.generator for s in picked],
-                                  [s.output_counts for s in picked])
-        return {seq: Sampled(int(out.token_ids[r]), _logprob(out, r, seq)) for r, seq in enumerate(picked)}
+        return self.model.logits(hidden[[ends[i] for i in rows]]), rows
+
+    def _decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, list[int]]:
+        """One new token per sequence, dense, through `decode_logits` (compiled or not): the cache
+        indices are built straight from the block tables. Returns `_step`'s (logits, rows)."""
+        device = self.model.device
+        starts = [s.num_computed for s in seqs]
+        tokens = torch.tensor([s.token_ids[p] for s, p in zip(seqs, starts)], device=device)
+        positions = torch.tensor(starts, device=device)
+        slots = self.kv.slot_table([s.table.blocks for s in seqs])
+        logits = self.decode_logits(tokens, positions, DecodeRows.from_slot_table(
+            *self.kv.flat_layers(), slots, positions, max(starts) + 1))
+        # A prompt's one-token chunk is a decode-shaped step too, but needs no next token yet.
+        rows = [i for i, (s, p) in enumerate(zip(seqs, starts)) if p + 1 == len(s.token_ids)]
+        return (logits if len(rows) == len(seqs) else logits[rows]), rows
 
     def _dense_decode(self, seqs: list[Sequence], counts: tuple[int, ...]) -> bool:
         """Whether `decode` runs this step: one new token per sequence, each attending to every
@@ -79,14 +97,15 @@ class ModelRunner:
             return False
         # `decode` gathers every visible row; eager `step` reads a lone sequence's rows in place,
         # which is cheaper at long context. Compiled, `decode` is cheaper for any batch.
-        return len(seqs) > 1 or self.compiled_decode is not None
+        return len(seqs) > 1 or self.compiled
 
     def _constrain(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         if self.num_valid_tokens < logits.shape[1]:
             logits[:, self.num_valid_tokens:] = float("-inf")
+        no_eos = [row for row, seq in enumerate(seqs) if seq.params.ignore_eos]
+        if no_eos:
+            logits[no_eos, self.eos] = float("-inf")
         for row, seq in enumerate(seqs):
-            if seq.params.ignore_eos:
-                logits[row, self.eos] = float("-inf")
             if seq.grammar_state is not None:
                 seq.grammar_state.apply(logits[row])
 

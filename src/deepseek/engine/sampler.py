@@ -211,9 +211,11 @@ class Sampler:
         generators = generators if generators is not None else [None] * batch
         logits = logits.float()
         penalised = apply_penalties(logits, params, output_token_counts)
-        token_ids = torch.empty(batch, dtype=torch.int64, device=logits.device)
         greedy = [i for i, p in enumerate(params) if p.greedy]
         sampled = [i for i, p in enumerate(params) if not p.greedy]
+        if not sampled:
+            return _with_logprobs(SampleOutput(penalised.argmax(-1)), logits, params)
+        token_ids = torch.empty(batch, dtype=torch.int64, device=logits.device)
         if greedy:
             _put(token_ids, greedy, _take(penalised, greedy).argmax(-1))
         if sampled:

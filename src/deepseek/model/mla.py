@@ -20,6 +20,7 @@ from torch import nn
 
 from .cache import DecodeRows, ForwardBatch
 from .config import ModelConfig
+from . import kernels
 from .fp8 import fake_quantize_activation
 from .indexer import Indexer
 from .layers import Linear, RMSNorm
@@ -182,20 +183,28 @@ class MLA(nn.Module):
         visible [B,K] masks padding (None: all visible). Returns [B,H,Dv].
         """
         w_uk, w_uv = self.frozen_absorbed or self._absorbed_weights(q_nope.dtype)  # [H,Dn,R], [H,R,Dv]
-        q_lat = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)     # [B,H,R]
-        scores = torch.baddbmm(torch.bmm(q_pe, k_pe.transpose(1, 2)), q_lat, c.transpose(1, 2))  # [B,H,K]
-        scores = scores.float() * self.softmax_scale
+        native = self.native_kernels and not torch.is_grad_enabled()
+        mm = kernels.matmul if native else torch.matmul
+        q_lat = mm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)                  # [B,H,R]
+        if native:   # the kernel reads the cached rows as they lie, and sums the scores in fp32
+            scores = kernels.matmul_nt(q_lat.float(), c) + kernels.matmul_nt(q_pe.float(), k_pe)
+        else:
+            scores = torch.baddbmm(torch.bmm(q_pe, k_pe.transpose(1, 2)), q_lat, c.transpose(1, 2)).float()
+        scores = scores * self.softmax_scale                                       # [B,H,K] fp32
         if visible is not None:
             scores.masked_fill_(~visible[:, None, :], float("-inf"))
-        o_lat = torch.bmm(scores.softmax(dim=-1).to(c.dtype), c)            # [B,H,R]
-        return torch.bmm(o_lat.transpose(0, 1), w_uv).transpose(0, 1)       # [B,H,Dv]
+        o_lat = mm(scores.softmax(dim=-1).to(c.dtype), c)                         # [B,H,R]
+        return mm(o_lat.transpose(0, 1), w_uv).transpose(0, 1)                    # [B,H,Dv]
 
     # Set by `prepare_inference` when the weights will not change again: read with no checks.
     frozen_absorbed: tuple[torch.Tensor, torch.Tensor] | None = None
+    # Set by `prepare_inference` on CPU where `kernels` built: no-grad decode products use them.
+    native_kernels = False
 
     def prepare_inference(self, dtype: torch.dtype) -> None:
         if self.kv_b_proj.weight.dtype != torch.float8_e4m3fn:
             self.frozen_absorbed = self._absorbed_weights(dtype)
+        self.native_kernels = self.kv_b_proj.weight.device.type == "cpu" and kernels.available()
         if self.indexer is not None:
             self.indexer.prepare_inference()
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .config import ModelConfig
 from .fp8 import FP8
 from .layers import MLP, column_major
@@ -114,12 +115,14 @@ def grouped_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, g
                     down: torch.Tensor) -> torch.Tensor:
     """`MoE._looped`'s sum, over the (token, expert) pairs sorted by expert: x [N, D], weights and
     ids [N, k], gate_up [E, 2I, D], down [E, D, I] -> [N, D] fp32. One fused gate+up GEMM and one
-    down GEMM per active expert, and a single scatter-add at the end."""
+    down GEMM per active expert (the native few-row kernel where it applies), and a single
+    scatter-add at the end."""
+    linear = kernels.small_linear if kernels.usable(gate_up[0]) and x.dtype == gate_up.dtype else F.linear
     if x.shape[0] == 1:     # one token (a batch-1 decode step): the same sums, without sort or scatter
         y = None
         for e, slot in sorted(zip(ids[0].tolist(), range(ids.shape[1]))):
-            g, u = F.linear(x, gate_up[e]).float().chunk(2, dim=-1)
-            h = F.linear((F.silu(g) * u).to(x.dtype), down[e]).float() * weights[0, slot]
+            g, u = linear(x, gate_up[e]).float().chunk(2, dim=-1)
+            h = linear((F.silu(g) * u).to(x.dtype), down[e]).float() * weights[0, slot]
             y = h if y is None else y.add_(h)
         return y
     pairs = ids.flatten()
@@ -128,8 +131,8 @@ def grouped_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, g
     rows = x[token]
     outputs = []
     for e, (start, count) in _segments(torch.bincount(pairs, minlength=gate_up.shape[0]).tolist()):
-        g, u = F.linear(rows[start:start + count], gate_up[e]).float().chunk(2, dim=-1)
-        outputs.append(F.linear((F.silu(g) * u).to(x.dtype), down[e]))
+        g, u = linear(rows[start:start + count], gate_up[e]).float().chunk(2, dim=-1)
+        outputs.append(linear((F.silu(g) * u).to(x.dtype), down[e]))
     h = torch.cat(outputs).float() * weights.flatten()[order, None]
     return torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add_(0, token, h)
 

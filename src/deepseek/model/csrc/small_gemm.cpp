@@ -1,0 +1,224 @@
+// Products with a few rows of x: the GEMMs of a decode step (see deepseek/model/kernels.py).
+//
+// small_gemm(x, wt):    y = x @ wt,    x [M, K], wt [K, N] (e.g. a Linear weight [N, K] held
+//                       column-major). Every output is one fp32 fused-multiply-add chain over
+//                       k = 0..K-1; tiles of 4 rows x 64 columns keep 16 accumulators in registers
+//                       and load each weight row segment once per tile.
+// small_gemm_nt(x, w):  y = x @ w^T,  x [M, K], w [N, K] (e.g. cached attention rows). Each output
+//                       is 16 fp32 lane sums over k, then a fixed tree; tiles of 4 x 4 outputs.
+//
+// Both also take a leading batch dim on x and the matrix alike. Tensors are float32 or bfloat16
+// (bf16 widens to fp32 exactly); y has x's dtype. No output depends on M or on the other rows of
+// the call, so a sequence's result is the same whatever shares its batch. The matrix's rows must be
+// contiguous; above kMaxRows rows of x, or otherwise, the call is at::matmul's.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <vector>
+
+namespace {
+
+constexpr int64_t kMaxRows = 16;
+constexpr int kRows = 4;                  // rows of x per tile
+constexpr int kVecs = 4;                  // 16-float vectors per tile: 64 output columns
+constexpr int64_t kCols = 16 * kVecs;
+
+inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+
+inline __m512 load16(const at::BFloat16* p, __mmask16 m) {   // bf16 -> fp32 is exact: a shift
+  __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+inline void store16(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
+
+inline void store16(at::BFloat16* p, __m512 v, __mmask16 m) {
+  // fp32 -> bf16, round to nearest even (at::BFloat16's rounding); NaN stays a quiet NaN.
+  __m512i i = _mm512_castps_si512(v);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(i, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(_mm512_add_epi32(i, _mm512_set1_epi32(0x7fff)), lsb);
+  __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(i, _mm512_set1_epi32(0x400000)));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+}
+
+// rows x 64 columns of y: x is fp32 [rows, K] (row stride K), wt and y offset to the tile's column.
+template <int R, typename TW, typename TY>
+inline void tile(const float* x, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t ldy,
+                 const __mmask16* mask) {
+  __m512 acc[R][kVecs];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < kVecs; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 w[kVecs];
+    for (int j = 0; j < kVecs; ++j) w[j] = load16(wt + k * ldw + 16 * j, mask[j]);
+    for (int r = 0; r < R; ++r) {
+      __m512 a = _mm512_set1_ps(x[r * K + k]);
+      for (int j = 0; j < kVecs; ++j) acc[r][j] = _mm512_fmadd_ps(a, w[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < kVecs; ++j) store16(y + r * ldy + 16 * j, acc[r][j], mask[j]);
+}
+
+template <typename TW, typename TY>
+void columns(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t N,
+             int64_t n0) {
+  __mmask16 mask[kVecs];
+  for (int j = 0; j < kVecs; ++j) {
+    int64_t left = N - n0 - 16 * j;
+    mask[j] = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+  }
+  int64_t m = 0;
+  for (; m + kRows <= M; m += kRows) tile<kRows>(x + m * K, K, wt + n0, ldw, y + m * N + n0, N, mask);
+  switch (M - m) {
+    case 3: tile<3>(x + m * K, K, wt + n0, ldw, y + m * N + n0, N, mask); break;
+    case 2: tile<2>(x + m * K, K, wt + n0, ldw, y + m * N + n0, N, mask); break;
+    case 1: tile<1>(x + m * K, K, wt + n0, ldw, y + m * N + n0, N, mask); break;
+    default: break;
+  }
+}
+
+// One product of a batch: x [M, K] (strides ldx, kx), the matrix (rows of stride ldw), y [M, N].
+struct Problem {
+  const void* x;
+  int64_t ldx, kx;
+  const void* w;
+  int64_t ldw;
+  void* y;
+  int64_t M, K, N;
+};
+
+// x once as fp32 (exact), so inner loops broadcast or load it from L1.
+template <typename TX>
+std::vector<float> widen(const Problem& p) {
+  std::vector<float> xf(p.M * p.K);
+  const TX* x = static_cast<const TX*>(p.x);
+  for (int64_t m = 0; m < p.M; ++m)
+    for (int64_t k = 0; k < p.K; ++k) xf[m * p.K + k] = static_cast<float>(x[m * p.ldx + k * p.kx]);
+  return xf;
+}
+
+// Threads split the columns; a task of fewer than ~64K multiply-adds is not worth one.
+inline int64_t grain(const Problem& p, int64_t cols) {
+  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, p.M * p.K * cols));
+}
+
+template <typename TX, typename TW>
+void run_nn(const Problem& p) {
+  const std::vector<float> xf = widen<TX>(p);
+  const TW* w = static_cast<const TW*>(p.w);
+  TX* y = static_cast<TX*>(p.y);
+  at::parallel_for(0, (p.N + kCols - 1) / kCols, grain(p, kCols), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) columns(xf.data(), p.M, p.K, w, p.ldw, y, p.N, t * kCols);
+  });
+}
+
+// R rows x C matrix rows of y = x @ w^T: x fp32 [R, K] (row stride K), w rows of stride ldw.
+template <int R, int C, typename TW, typename TY>
+inline void dots(const float* x, int64_t K, const TW* w, int64_t ldw, TY* y, int64_t ldy) {
+  __m512 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 m = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+    __m512 b[C];
+    for (int c = 0; c < C; ++c) b[c] = load16(w + c * ldw + k, m);
+    for (int r = 0; r < R; ++r) {
+      __m512 a = _mm512_maskz_loadu_ps(m, x + r * K + k);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) y[r * ldy + c] = static_cast<TY>(_mm512_reduce_add_ps(acc[r][c]));
+}
+
+template <int C, typename TW, typename TY>
+inline void dot_rows(const float* x, int64_t M, int64_t K, const TW* w, int64_t ldw, TY* y, int64_t N) {
+  int64_t m = 0;
+  for (; m + kRows <= M; m += kRows) dots<kRows, C>(x + m * K, K, w, ldw, y + m * N, N);
+  switch (M - m) {
+    case 3: dots<3, C>(x + m * K, K, w, ldw, y + m * N, N); break;
+    case 2: dots<2, C>(x + m * K, K, w, ldw, y + m * N, N); break;
+    case 1: dots<1, C>(x + m * K, K, w, ldw, y + m * N, N); break;
+    default: break;
+  }
+}
+
+template <typename TX, typename TW>
+void run_nt(const Problem& p) {
+  const std::vector<float> xf = widen<TX>(p);
+  const TW* w = static_cast<const TW*>(p.w);
+  TX* y = static_cast<TX*>(p.y);
+  constexpr int64_t C = 4;
+  at::parallel_for(0, (p.N + C - 1) / C, grain(p, C), [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t n = g * C;
+      const TW* wn = w + n * p.ldw;
+      switch (std::min<int64_t>(C, p.N - n)) {
+        case 4: dot_rows<4>(xf.data(), p.M, p.K, wn, p.ldw, y + n, p.N); break;
+        case 3: dot_rows<3>(xf.data(), p.M, p.K, wn, p.ldw, y + n, p.N); break;
+        case 2: dot_rows<2>(xf.data(), p.M, p.K, wn, p.ldw, y + n, p.N); break;
+        default: dot_rows<1>(xf.data(), p.M, p.K, wn, p.ldw, y + n, p.N); break;
+      }
+    }
+  });
+}
+
+template <bool NT, typename TX, typename TW>
+void run(const Problem& p) { NT ? run_nt<TX, TW>(p) : run_nn<TX, TW>(p); }
+
+template <bool NT>
+at::Tensor matmul(const at::Tensor& x, const at::Tensor& w) {
+  const char* name = NT ? "small_gemm_nt" : "small_gemm";
+  TORCH_CHECK((x.dim() == 2 || x.dim() == 3) && w.dim() == x.dim(),
+              name, ": expected x and the matrix both 2-D or both 3-D, got ", x.sizes(), " and ", w.sizes());
+  const bool batched = x.dim() == 3;
+  const int64_t M = x.size(-2), K = x.size(-1), N = NT ? w.size(-2) : w.size(-1);
+  TORCH_CHECK(K == (NT ? w.size(-1) : w.size(-2)) && (!batched || x.size(0) == w.size(0)),
+              name, ": shapes ", x.sizes(), " and ", w.sizes(), " do not multiply");
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), name, ": CPU tensors only");
+  const auto xt = x.scalar_type(), wt = w.scalar_type();
+  TORCH_CHECK((xt == at::kFloat || xt == at::kBFloat16) && (wt == at::kFloat || wt == at::kBFloat16),
+              name, ": float32 or bfloat16 tensors only");
+  if (M > kMaxRows || w.stride(-1) != 1 || K == 0) {   // mixed dtypes: in fp32, then x's dtype
+    const auto ct = xt == wt ? xt : at::kFloat;
+    const at::Tensor wm = w.to(ct);
+    return at::matmul(x.to(ct), NT ? wm.transpose(-1, -2) : wm).to(xt);
+  }
+  const int64_t batch = batched ? x.size(0) : 1;
+  at::Tensor y = at::empty(batched ? std::vector<int64_t>{batch, M, N} : std::vector<int64_t>{M, N}, x.options());
+  if (y.numel() == 0) return y;
+  const int64_t xb = batched ? x.stride(0) : 0, wb = batched ? w.stride(0) : 0;
+  auto each = [&](auto tx, auto tw) {
+    using TX = decltype(tx);
+    using TW = decltype(tw);
+    for (int64_t b = 0; b < batch; ++b) {
+      run<NT, TX, TW>(Problem{x.data_ptr<TX>() + b * xb, x.stride(-2), x.stride(-1), w.data_ptr<TW>() + b * wb,
+                              w.stride(-2), y.data_ptr<TX>() + b * M * N, M, K, N});
+    }
+  };
+  const bool xf = xt == at::kFloat, wf = wt == at::kFloat;
+  if (xf && wf) each(float(), float());
+  else if (xf) each(float(), at::BFloat16());
+  else if (wf) each(at::BFloat16(), float());
+  else each(at::BFloat16(), at::BFloat16());
+  return y;
+}
+
+at::Tensor small_gemm(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt); }
+at::Tensor small_gemm_nt(const at::Tensor& x, const at::Tensor& w) { return matmul<true>(x, w); }
+
+}  // namespace
+
+TORCH_LIBRARY(deepseek_kernels, m) {
+  m.def("small_gemm(Tensor x, Tensor wt) -> Tensor");
+  m.def("small_gemm_nt(Tensor x, Tensor w) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(deepseek_kernels, CPU, m) {
+  m.impl("small_gemm", &small_gemm);
+  m.impl("small_gemm_nt", &small_gemm_nt);
+}

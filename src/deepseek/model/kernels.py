@@ -1,0 +1,85 @@
+"""Our native kernels: the few-row products of CPU decode steps (`csrc/small_gemm.cpp`).
+
+A decode step multiplies a handful of rows (one per running sequence) by every weight matrix and
+by each sequence's cached attention rows. For that shape the BLAS calls torch makes are slow: a
+bf16 GEMM with one row costs about 3x its fp32 twin, and one with 8 rows about 4x one with 1 row,
+though both read the weight once. `small_gemm` (x @ W) and `small_gemm_nt` (x @ Wᵀ) read each
+matrix once per 4 rows with AVX-512, widening bf16 on the fly, and sum in fp32 in a fixed order, so
+a row's result is the same whatever else shares its batch.
+
+`Linear.prepare_inference`, `MLA.prepare_inference` and the packed MoE experts switch to them. They
+are compiled from source on first use (torch's C++ extension builder, about 15 s, then cached under
+~/.cache/torch_extensions) on CPUs with AVX-512 and a C++ compiler. Anywhere else, or with
+`DEEPSEEK_KERNELS=0`, `available()` is False and the model keeps to torch's ops.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "small_gemm.cpp"
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"]
+
+
+@functools.cache
+def available() -> bool:
+    """Whether `small_gemm` can run here; builds (or loads the cached build of) the extension once."""
+    if os.environ.get("DEEPSEEK_KERNELS", "1") == "0":
+        return False
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
+    path = os.environ.get("PATH", "")
+    # The `ninja` that pip installs beside this interpreter is found even in a venv not activated.
+    os.environ["PATH"] = os.pathsep.join(p for p in (path, str(Path(sys.executable).parent)) if p)
+    try:
+        from torch.utils.cpp_extension import load
+
+        load(name="deepseek_small_gemm", sources=[str(SOURCE)], extra_cflags=FLAGS, is_python_module=False)
+    except Exception as e:  # no compiler, no ninja, a read-only cache: the model still runs, on torch's ops
+        log.warning("the small-GEMM kernels did not build (%s); decode products use torch's", e)
+        return False
+    finally:
+        os.environ["PATH"] = path
+
+    @torch.library.register_fake("deepseek_kernels::small_gemm")
+    def _(x, wt):
+        return x.new_empty(*x.shape[:-1], wt.shape[-1])
+
+    @torch.library.register_fake("deepseek_kernels::small_gemm_nt")
+    def _(x, w):
+        return x.new_empty(*x.shape[:-1], w.shape[-2])
+
+    return True
+
+
+def small_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`F.linear(x, weight)` for a CPU `weight` [N, K] held column-major (`layers.column_major`), with
+    x [..., K] of the weight's dtype (float32 or bfloat16). Only after `available()` returned True."""
+    rows = x.reshape(-1, x.shape[-1])
+    return torch.ops.deepseek_kernels.small_gemm(rows, weight.t()).view(*x.shape[:-1], weight.shape[0])
+
+
+def matmul(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+    """`x @ wt` for x [M, K] / [B, M, K] and wt [K, N] / [B, K, N] whose rows are contiguous, fp32
+    or bf16 alike; the result has x's dtype. Only after `available()` returned True."""
+    return torch.ops.deepseek_kernels.small_gemm(x, wt)
+
+
+def matmul_nt(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`x @ w^T` for x [M, K] / [B, M, K] and w [N, K] / [B, N, K] whose rows are contiguous (cached
+    attention rows, say); otherwise as `matmul`."""
+    return torch.ops.deepseek_kernels.small_gemm_nt(x, w)
+
+
+def usable(weight: torch.Tensor) -> bool:
+    """Whether `small_linear` takes this weight: CPU, float32 or bfloat16, column-major, kernel built."""
+    return (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
+            and weight.dim() == 2 and weight.stride(0) == 1 and available())

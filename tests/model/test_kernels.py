@@ -1,0 +1,116 @@
+"""The native few-row GEMM kernels (`deepseek.model.kernels`) against float64 references."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepseek.model import kernels
+from deepseek.model.layers import Linear
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="the kernel does not build on this machine")
+
+DTYPES = [torch.float32, torch.bfloat16]
+# (M, K, N): one row, a full 4-row tile, tiles plus a remainder, column and depth tails, the LM head
+SHAPES = [(1, 256, 576), (4, 64, 64), (7, 100, 100), (13, 17, 3), (16, 512, 81), (8, 256, 4096)]
+
+
+def reference_bound(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x @ w^T in float64, and what an fp32 sum over K may be off by (K * 2^-24 * sum |x w|)."""
+    exact = x.double() @ w.double().t()
+    return exact, x.shape[1] * 2.0 ** -24 * (x.double().abs() @ w.double().abs().t())
+
+
+def random(shape, dtype, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("xdtype", DTYPES)
+@pytest.mark.parametrize("wdtype", DTYPES)
+@pytest.mark.parametrize("m, k, n", SHAPES)
+def test_products_are_within_an_fp32_sum_of_the_exact_ones(xdtype, wdtype, m, k, n):
+    x, w = random((m, k), xdtype, 0), random((n, k), wdtype, 1)
+    exact, bound = reference_bound(x, w)
+    if xdtype == torch.bfloat16:        # the result is rounded once to x's dtype
+        bound = bound + exact.abs() * 2.0 ** -8
+    for got in (kernels.matmul(x, w.t().contiguous()), kernels.matmul_nt(x, w)):
+        assert got.dtype == xdtype and got.shape == (m, n)
+        assert ((got.double() - exact).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("m, k, n", SHAPES)
+def test_a_bf16_result_is_the_fp32_result_rounded_to_nearest_even(m, k, n):
+    x, w = random((m, k), torch.bfloat16, 2), random((n, k), torch.bfloat16, 3)
+    wt = w.t().contiguous()
+    assert torch.equal(kernels.matmul(x, wt), kernels.matmul(x.float(), wt).bfloat16())
+    assert torch.equal(kernels.matmul_nt(x, w), kernels.matmul_nt(x.float(), w).bfloat16())
+
+
+def test_non_finite_values_propagate():
+    x = torch.ones(2, 32)
+    x[0, 3], x[1, 5] = float("nan"), float("inf")
+    w = torch.ones(40, 32)
+    for dtype in DTYPES:
+        for y in (kernels.matmul(x.to(dtype), w.t().contiguous().to(dtype)), kernels.matmul_nt(x.to(dtype), w.to(dtype))):
+            assert y[0].isnan().all() and (y[1] == float("inf")).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_rows_result_does_not_depend_on_the_other_rows_of_the_call(dtype):
+    """What keeps a sequence's greedy tokens the same alone and in any decode batch."""
+    x, w = random((16, 256), dtype, 4), random((300, 256), dtype, 5)
+    wt = w.t().contiguous()
+    full, full_nt = kernels.matmul(x, wt), kernels.matmul_nt(x, w)
+    for rows in (slice(5, 6), slice(0, 3), slice(9, 16)):
+        assert torch.equal(kernels.matmul(x[rows], wt), full[rows])
+        assert torch.equal(kernels.matmul_nt(x[rows], w), full_nt[rows])
+
+
+def test_batched_and_strided_operands():
+    x = random((5, 3, 64), torch.bfloat16, 6).transpose(0, 1)           # [3, 5, 64], not contiguous
+    wt, w = random((3, 64, 32), torch.bfloat16, 7), random((3, 40, 64), torch.float32, 8)
+    torch.testing.assert_close(kernels.matmul(x, wt).float(), (x.float() @ wt.float()), atol=0.1, rtol=0.02)
+    torch.testing.assert_close(kernels.matmul_nt(x, w).float(), x.float() @ w.transpose(1, 2), atol=0.1, rtol=0.02)
+
+
+def test_many_rows_or_strided_matrix_rows_are_torch_matmul_exactly():
+    x, w = random((17, 64), torch.float32, 9), random((48, 64), torch.float32, 10)
+    assert torch.equal(kernels.matmul(x, w.t().contiguous()), x @ w.t().contiguous())
+    column_major = w.t().contiguous().t()                                  # its rows are not contiguous
+    assert torch.equal(kernels.matmul_nt(x[:3], column_major), x[:3] @ column_major.t())
+
+
+def test_bad_operands_raise_with_the_shapes_named():
+    with pytest.raises(RuntimeError, match="do not multiply"):
+        kernels.matmul(torch.ones(2, 8), torch.ones(9, 4))
+    with pytest.raises(RuntimeError, match="both 2-D or both 3-D"):
+        kernels.matmul_nt(torch.ones(2, 8), torch.ones(1, 4, 8))
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        kernels.matmul(torch.ones(2, 8, dtype=torch.float64), torch.ones(8, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_prepared_linear_runs_the_kernel_without_grad_and_f_linear_with_it(dtype):
+    layer = Linear(256, 576, dtype=dtype)
+    torch.nn.init.normal_(layer.weight)
+    layer.weight.requires_grad_(False)
+    layer.prepare_inference()
+    assert layer.small_gemm
+    x = random((3, 256), dtype, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).float(), F.linear(x, layer.weight).float(), atol=0.05, rtol=0.02)
+        assert torch.equal(layer(x), kernels.small_linear(x, layer.weight))
+    x.requires_grad_(True)
+    assert torch.equal(layer(x), F.linear(x, layer.weight))       # autograd: torch's op
+
+
+def test_deepseek_kernels_0_turns_the_kernel_off():
+    code = "from deepseek.model import kernels; print(kernels.available())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "DEEPSEEK_KERNELS": "0"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
