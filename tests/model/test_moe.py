@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deepseek.model import ModelConfig
-from deepseek.model.moe import Gate, MoE
+from deepseek.model.moe import Gate, MoE, grouped_experts
 from deepseek.model.presets import preset_config
 
 
@@ -154,3 +154,26 @@ def test_prepare_inference_lays_every_weight_out_column_major_and_keeps_the_mode
     expert = model.model.layers[1].mlp.experts[3]
     assert expert.down_proj.weight.untyped_storage().data_ptr() == down.untyped_storage().data_ptr()
     torch.testing.assert_close(model(prompt), logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 5, 40])
+def test_the_native_expert_kernel_gives_the_grouped_sum_and_batch_invariant_rows(tiny_config, dtype, tokens):
+    """Decode-sized batches of packed CPU experts run `kernels.moe_experts` in one call (no grad)."""
+    from deepseek.model import kernels
+
+    if not kernels.available():
+        pytest.skip("the native kernels do not build here")
+    moe = fresh_moe(tiny_config, seed=tokens).to(dtype)
+    assert moe.pack() and moe.native
+    x = torch.randn(tokens, tiny_config.hidden_size, generator=torch.Generator().manual_seed(1)).to(dtype)
+    weights, ids = moe.gate(x)
+    with torch.inference_mode():
+        native = kernels.moe_experts(x, weights, ids, *moe.packed)
+        grouped = grouped_experts(x, weights, ids, *moe.packed)
+        # Only silu's exp may differ from torch's in the last bit, and rounding after it.
+        torch.testing.assert_close(native, grouped, atol=1e-3 if dtype == torch.bfloat16 else 1e-6, rtol=0)
+        for n in range(tokens):        # alone, a token gets bitwise its row of the batch
+            assert torch.equal(kernels.moe_experts(x[n:n + 1], weights[n:n + 1], ids[n:n + 1], *moe.packed),
+                               native[n:n + 1])
+        assert torch.equal(moe(x).float(), (native + moe.shared_experts(x).float()).to(dtype).float())

@@ -57,6 +57,10 @@ def available() -> bool:
     def _(x, w):
         return x.new_empty(*x.shape[:-1], w.shape[-2])
 
+    @torch.library.register_fake("deepseek_kernels::moe_experts")
+    def _(x, weights, ids, gate_up, down):
+        return x.new_empty(x.shape, dtype=torch.float32)
+
     return True
 
 
@@ -77,6 +81,14 @@ def matmul_nt(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """`x @ w^T` for x [M, K] / [B, M, K] and w [N, K] / [B, N, K] whose rows are contiguous (cached
     attention rows, say); otherwise as `matmul`."""
     return torch.ops.deepseek_kernels.small_gemm_nt(x, w)
+
+
+def moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up: torch.Tensor,
+                down: torch.Tensor) -> torch.Tensor:
+    """The routed experts' weighted sum, `moe.grouped_experts`' arithmetic in one native call:
+    x [N, D]; weights [N, k] fp32 and ids [N, k] from the router; the packed, column-major
+    gate_up [E, 2I, D] and down [E, D, I] in x's dtype -> [N, D] fp32."""
+    return torch.ops.deepseek_kernels.moe_experts(x, weights, ids, gate_up, down)
 
 
 def usable(weight: torch.Tensor) -> bool:

@@ -56,6 +56,11 @@ class Gate(nn.Module):
         return weights * self.route_scale, ids
 
 
+# Up to this many tokens (decode batches), packed CPU experts run as one native call; beyond it (prefill)
+# `grouped_experts`' per-expert BLAS GEMMs are faster.
+NATIVE_MAX_TOKENS = 64
+
+
 class MoE(nn.Module):
     """HF names: `mlp.gate`, `mlp.experts.{e}.{gate,up,down}_proj`, `mlp.shared_experts.*`."""
 
@@ -68,6 +73,7 @@ class MoE(nn.Module):
                                if config.n_shared_experts else None)
 
     packed: tuple[torch.Tensor, torch.Tensor] | None = None     # (gate_up, down), set by `pack`
+    native = False      # set by `pack`: small batches run `kernels.moe_experts`
 
     def pack(self) -> bool:
         """Restack the routed experts as `[E, 2I, D]` (gate rows, then up rows) and `[E, D, I]`, and
@@ -88,12 +94,18 @@ class MoE(nn.Module):
             e.up_proj.weight = nn.Parameter(gate_up[i, inter:], requires_grad=False)
             e.down_proj.weight = nn.Parameter(down[i], requires_grad=False)
         self.packed = (gate_up, down)
+        self.native = kernels.usable(gate_up[0])
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, D] -> [N, D]; expert outputs are accumulated in fp32."""
         weights, ids = self.gate(x)
-        y = self._looped(x, weights, ids) if self.packed is None else grouped_experts(x, weights, ids, *self.packed)
+        if self.packed is None:
+            y = self._looped(x, weights, ids)
+        elif self.native and x.shape[0] <= NATIVE_MAX_TOKENS and not torch.is_grad_enabled():
+            y = kernels.moe_experts(x, weights, ids, *self.packed)
+        else:
+            y = grouped_experts(x, weights, ids, *self.packed)
         if self.shared_experts is not None:
             y += self.shared_experts(x).float()
         return y.to(x.dtype)

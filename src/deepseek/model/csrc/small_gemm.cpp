@@ -107,14 +107,19 @@ inline int64_t grain(const Problem& p, int64_t cols) {
   return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, p.M * p.K * cols));
 }
 
+// y [M, N] = x [M, K] (fp32, row stride K) @ wt (rows of stride ldw), threads splitting the columns.
+template <typename TW, typename TY>
+void gemm_rows(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t N) {
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * kCols));
+  at::parallel_for(0, (N + kCols - 1) / kCols, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) columns(x, M, K, wt, ldw, y, N, t * kCols);
+  });
+}
+
 template <typename TX, typename TW>
 void run_nn(const Problem& p) {
   const std::vector<float> xf = widen<TX>(p);
-  const TW* w = static_cast<const TW*>(p.w);
-  TX* y = static_cast<TX*>(p.y);
-  at::parallel_for(0, (p.N + kCols - 1) / kCols, grain(p, kCols), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) columns(xf.data(), p.M, p.K, w, p.ldw, y, p.N, t * kCols);
-  });
+  gemm_rows(xf.data(), p.M, p.K, static_cast<const TW*>(p.w), p.ldw, static_cast<TX*>(p.y), p.N);
 }
 
 // R rows x C matrix rows of y = x @ w^T: x fp32 [R, K] (row stride K), w rows of stride ldw.
@@ -209,6 +214,84 @@ at::Tensor matmul(const at::Tensor& x, const at::Tensor& w) {
   return y;
 }
 
+
+// The routed experts of a MoE layer (model/moe.py `grouped_experts`): for each expert, in id order,
+// its tokens' rows (in token order) go through gate+up, silu(gate) * up and down, each product
+// rounded to x's dtype as F.linear's would be; y[token] += that * the token's routing weight, in
+// fp32. So every token's sum runs over its experts in id order, whatever the batch.
+// x [N, D]; weights [N, k] fp32; ids [N, k] int64; gate_up [E, 2I, D] and down [E, D, I], each
+// matrix column-major (rows of gate_up[e]^T and down[e]^T contiguous), in x's dtype. y [N, D] fp32.
+template <typename T>
+void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& ids, const at::Tensor& gate_up,
+             const at::Tensor& down, at::Tensor& y) {
+  const int64_t N = x.size(0), D = x.size(1), k = ids.size(1), E = gate_up.size(0), I = down.size(2);
+  const T* xp = x.data_ptr<T>();
+  const float* wp = weights.data_ptr<float>();
+  const int64_t* ip = ids.data_ptr<int64_t>();
+  float* yp = y.data_ptr<float>();
+  std::vector<std::vector<std::pair<int64_t, float>>> rows(E);      // expert -> (token, weight)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = ip[n * ids.stride(0) + j * ids.stride(1)];
+      TORCH_CHECK(e >= 0 && e < E, "moe_experts: expert id ", e, " out of range");
+      rows[e].emplace_back(n, wp[n * weights.stride(0) + j * weights.stride(1)]);
+    }
+  std::vector<float> xf, act;
+  std::vector<T> h1, h2, a;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t c = static_cast<int64_t>(rows[e].size());
+    if (c == 0) continue;
+    const T* gu = gate_up.data_ptr<T>() + e * gate_up.stride(0);
+    const T* dn = down.data_ptr<T>() + e * down.stride(0);
+    h1.resize(c * 2 * I);
+    a.resize(c * I);
+    h2.resize(c * D);
+    for (int64_t r0 = 0; r0 < c; r0 += kMaxRows) {          // blocks of rows; a row's result is the same
+      const int64_t m = std::min<int64_t>(kMaxRows, c - r0);
+      xf.resize(m * D);
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t d = 0; d < D; ++d)
+          xf[r * D + d] = static_cast<float>(xp[rows[e][r0 + r].first * x.stride(0) + d * x.stride(1)]);
+      gemm_rows(xf.data(), m, D, gu, gate_up.stride(2), h1.data() + r0 * 2 * I, 2 * I);
+    }
+    for (int64_t r = 0; r < c; ++r)
+      for (int64_t i = 0; i < I; ++i) {
+        const float g = static_cast<float>(h1[r * 2 * I + i]), u = static_cast<float>(h1[r * 2 * I + I + i]);
+        a[r * I + i] = static_cast<T>(g / (1.0f + std::exp(-g)) * u);
+      }
+    for (int64_t r0 = 0; r0 < c; r0 += kMaxRows) {
+      const int64_t m = std::min<int64_t>(kMaxRows, c - r0);
+      act.resize(m * I);
+      for (int64_t v = 0; v < m * I; ++v) act[v] = static_cast<float>(a[r0 * I + v]);
+      gemm_rows(act.data(), m, I, dn, down.stride(2), h2.data() + r0 * D, D);
+    }
+    for (int64_t r = 0; r < c; ++r) {
+      float* yr = yp + rows[e][r].first * D;
+      const float w = rows[e][r].second;
+      for (int64_t d = 0; d < D; ++d) yr[d] += static_cast<float>(h2[r * D + d]) * w;
+    }
+  }
+}
+
+at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& ids,
+                       const at::Tensor& gate_up, const at::Tensor& down) {
+  TORCH_CHECK(x.dim() == 2 && weights.dim() == 2 && ids.sizes() == weights.sizes() && ids.size(0) == x.size(0),
+              "moe_experts: expected x [N, D], weights and ids [N, k]");
+  TORCH_CHECK(gate_up.dim() == 3 && down.dim() == 3 && gate_up.size(0) == down.size(0) &&
+              gate_up.size(2) == x.size(1) && down.size(1) == x.size(1) && gate_up.size(1) == 2 * down.size(2),
+              "moe_experts: expected gate_up [E, 2I, D] and down [E, D, I], got ", gate_up.sizes(), " and ", down.sizes());
+  TORCH_CHECK(gate_up.stride(1) == 1 && down.stride(1) == 1, "moe_experts: expert matrices must be column-major");
+  TORCH_CHECK(x.scalar_type() == gate_up.scalar_type() && x.scalar_type() == down.scalar_type() &&
+              (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "moe_experts: x and the experts in one dtype, float32 or bfloat16");
+  TORCH_CHECK(weights.scalar_type() == at::kFloat && ids.scalar_type() == at::kLong,
+              "moe_experts: float32 weights and int64 ids");
+  at::Tensor y = at::zeros({x.size(0), x.size(1)}, x.options().dtype(at::kFloat));
+  if (x.scalar_type() == at::kFloat) experts<float>(x, weights, ids, gate_up, down, y);
+  else experts<at::BFloat16>(x, weights, ids, gate_up, down, y);
+  return y;
+}
+
 at::Tensor small_gemm(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt); }
 at::Tensor small_gemm_nt(const at::Tensor& x, const at::Tensor& w) { return matmul<true>(x, w); }
 
@@ -217,8 +300,10 @@ at::Tensor small_gemm_nt(const at::Tensor& x, const at::Tensor& w) { return matm
 TORCH_LIBRARY(deepseek_kernels, m) {
   m.def("small_gemm(Tensor x, Tensor wt) -> Tensor");
   m.def("small_gemm_nt(Tensor x, Tensor w) -> Tensor");
+  m.def("moe_experts(Tensor x, Tensor weights, Tensor ids, Tensor gate_up, Tensor down) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(deepseek_kernels, CPU, m) {
   m.impl("small_gemm", &small_gemm);
   m.impl("small_gemm_nt", &small_gemm_nt);
+  m.impl("moe_experts", &moe_experts);
 }
