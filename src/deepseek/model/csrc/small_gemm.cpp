@@ -17,6 +17,7 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -45,41 +46,81 @@ inline void store16(at::BFloat16* p, __m512 v, __mmask16 m) {
   _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
 }
 
-// rows x 64 columns of y: x is fp32 [rows, K] (row stride K), wt and y offset to the tile's column.
+// rows x 64 columns of y over k in [k0, k1): x is fp32 [rows, K] (row stride K); wt, part and y are
+// offset to the tile's first column. The sums start at 0 (k0 == 0) or from the fp32 partial sums in
+// `part`, and end in `part`, or, for the last k (k1 == K), in y. Either way each output is one fma
+// chain over k in order.
 template <int R, typename TW, typename TY>
-inline void tile(const float* x, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t ldy,
-                 const __mmask16* mask) {
+inline void tile(const float* x, int64_t K, int64_t k0, int64_t k1, const TW* wt, int64_t ldw, float* part,
+                 TY* y, int64_t ldy, const __mmask16* mask) {
   __m512 acc[R][kVecs];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < kVecs; ++j) acc[r][j] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
+#pragma GCC unroll 4
+    for (int j = 0; j < kVecs; ++j)
+      acc[r][j] = k0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[j], part + r * ldy + 16 * j);
+  for (int64_t k = k0; k < k1; ++k) {
     __m512 w[kVecs];
+#pragma GCC unroll 4
     for (int j = 0; j < kVecs; ++j) w[j] = load16(wt + k * ldw + 16 * j, mask[j]);
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      __m512 a = _mm512_set1_ps(x[r * K + k]);
+      const __m512 a = _mm512_set1_ps(x[r * K + k]);
+#pragma GCC unroll 4
       for (int j = 0; j < kVecs; ++j) acc[r][j] = _mm512_fmadd_ps(a, w[j], acc[r][j]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < kVecs; ++j) store16(y + r * ldy + 16 * j, acc[r][j], mask[j]);
+  if (k1 == K) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int j = 0; j < kVecs; ++j) store16(y + r * ldy + 16 * j, acc[r][j], mask[j]);
+  } else {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int j = 0; j < kVecs; ++j) _mm512_mask_storeu_ps(part + r * ldy + 16 * j, mask[j], acc[r][j]);
+  }
 }
 
+// All M rows of one 64-column tile of y, over k in [k0, k1).
 template <typename TW, typename TY>
-void columns(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t N,
-             int64_t n0) {
+void columns(const float* x, int64_t M, int64_t K, int64_t k0, int64_t k1, const TW* wt, int64_t ldw,
+             float* part, TY* y, int64_t N, int64_t n0) {
   __mmask16 mask[kVecs];
   for (int j = 0; j < kVecs; ++j) {
     int64_t left = N - n0 - 16 * j;
     mask[j] = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
   }
+  auto at = [&](int64_t m) { return std::make_tuple(x + m * K, part + m * N + n0, y + m * N + n0); };
   int64_t m = 0;
-  for (; m + kRows <= M; m += kRows) tile<kRows>(x + m * K, K, wt + n0, ldw, y + m * N + n0, N, mask);
+  for (; m + kRows <= M; m += kRows) {
+    auto [xm, pm, ym] = at(m);
+    tile<kRows>(xm, K, k0, k1, wt + n0, ldw, pm, ym, N, mask);
+  }
+  auto [xm, pm, ym] = at(m);
   switch (M - m) {
-    case 3: tile<3>(x + m * K, K, wt + n0, ldw, y + m * N + n0, N, mask); break;
-    case 2: tile<2>(x + m * K, K, wt + n0, ldw, y + m * N + n0, N, mask); break;
-    case 1: tile<1>(x + m * K, K, wt + n0, ldw, y + m * N + n0, N, mask); break;
+    case 3: tile<3>(xm, K, k0, k1, wt + n0, ldw, pm, ym, N, mask); break;
+    case 2: tile<2>(xm, K, k0, k1, wt + n0, ldw, pm, ym, N, mask); break;
+    case 1: tile<1>(xm, K, k0, k1, wt + n0, ldw, pm, ym, N, mask); break;
     default: break;
   }
+}
+
+// y [M, N] = x [M, K] (fp32, row stride K) @ wt (rows of stride ldw). Threads split the columns.
+// Each thread walks its tiles kBlock weight rows at a time: a wide matrix is then read row after row
+// (one tile's rows alone lie a page or more apart, which defeats the prefetcher), and partial sums
+// wait in an fp32 buffer between blocks.
+template <typename TW, typename TY>
+void gemm_rows(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t N) {
+  constexpr int64_t kBlock = 32;
+  std::vector<float> part(K > kBlock ? M * N : 0);
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * kCols));
+  at::parallel_for(0, (N + kCols - 1) / kCols, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t k0 = 0; k0 < K; k0 += kBlock)
+      for (int64_t t = t0; t < t1; ++t)
+        columns(x, M, K, k0, std::min(K, k0 + kBlock), wt, ldw, part.data(), y, N, t * kCols);
+  });
 }
 
 // One product of a batch: x [M, K] (strides ldx, kx), the matrix (rows of stride ldw), y [M, N].
@@ -107,15 +148,6 @@ inline int64_t grain(const Problem& p, int64_t cols) {
   return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, p.M * p.K * cols));
 }
 
-// y [M, N] = x [M, K] (fp32, row stride K) @ wt (rows of stride ldw), threads splitting the columns.
-template <typename TW, typename TY>
-void gemm_rows(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t N) {
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * kCols));
-  at::parallel_for(0, (N + kCols - 1) / kCols, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) columns(x, M, K, wt, ldw, y, N, t * kCols);
-  });
-}
-
 template <typename TX, typename TW>
 void run_nn(const Problem& p) {
   const std::vector<float> xf = widen<TX>(p);
@@ -126,18 +158,25 @@ void run_nn(const Problem& p) {
 template <int R, int C, typename TW, typename TY>
 inline void dots(const float* x, int64_t K, const TW* w, int64_t ldw, TY* y, int64_t ldy) {
   __m512 acc[R][C];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 m = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
     __m512 b[C];
+#pragma GCC unroll 4
     for (int c = 0; c < C; ++c) b[c] = load16(w + c * ldw + k, m);
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      __m512 a = _mm512_maskz_loadu_ps(m, x + r * K + k);
+      const __m512 a = _mm512_maskz_loadu_ps(m, x + r * K + k);
+#pragma GCC unroll 4
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
     }
   }
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int c = 0; c < C; ++c) y[r * ldy + c] = static_cast<TY>(_mm512_reduce_add_ps(acc[r][c]));
 }
 
