@@ -30,7 +30,8 @@ class EngineConfig:
     block_size: int = 16
     cache_bytes: int = 256 << 20         # KV + indexer cache budget
     max_model_len: int | None = None     # default: the model's max_position_embeddings
-    # torch.compile the dense decode step (one graph for every batch size and context length).
+    # torch.compile the dense decode step and LM head (two graphs: batch 1, and every batch >= 2;
+    # any context length).
     # The first steps of each new shape class pay the compile, tens of seconds on a CPU.
     compile: bool = False
 

@@ -41,8 +41,10 @@ class ModelRunner:
         self.compiled = compile
         self.decode_logits = decode_logits
         if compile:
-            # Guards on the model's own attributes are skipped: its weights never change here.
-            self.decode_logits = torch.compile(decode_logits, dynamic=True, options={
+            # Only the batch size and the context width vary (`_decode` marks them dynamic: the
+            # weights keep static shapes, and one graph serves every batch >= 2). Guards on the
+            # model's own attributes are skipped: its weights never change here.
+            self.decode_logits = torch.compile(decode_logits, options={
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
         self.sampler = sampler or Sampler()
         self.eos = model.config.eos_token_id
@@ -82,8 +84,12 @@ class ModelRunner:
         tokens = torch.tensor([s.token_ids[p] for s, p in zip(seqs, starts)], device=device)
         positions = torch.tensor(starts, device=device)
         slots = self.kv.slot_table([s.table.blocks for s in seqs])
-        logits = self.decode_logits(tokens, positions, DecodeRows.from_slot_table(
-            *self.kv.flat_layers(), slots, positions, max(starts) + 1))
+        rows = DecodeRows.from_slot_table(*self.kv.flat_layers(), slots, positions, max(starts) + 1)
+        if self.compiled:       # one graph for every batch size >= 2 and context width
+            for t in (tokens, positions, rows.write_slots, rows.read_slots, rows.visible):
+                for dim in range(t.dim()):
+                    torch._dynamo.maybe_mark_dynamic(t, dim)
+        logits = self.decode_logits(tokens, positions, rows)
         # A prompt's one-token chunk is a decode-shaped step too, but needs no next token yet.
         rows = [i for i, (s, p) in enumerate(zip(seqs, starts)) if p + 1 == len(s.token_ids)]
         return (logits if len(rows) == len(seqs) else logits[rows]), rows

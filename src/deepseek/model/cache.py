@@ -133,7 +133,8 @@ class DecodeRows:
         width = width or int(positions.max()) + 1
         span = torch.arange(width, device=positions.device)
         write = slot_table.gather(1, positions[:, None]).squeeze(1)
-        return cls(latent, k_pe, index_k, index_sketch, write, slot_table[:, :width],
+        # Contiguous, so a compiled step sees the same strides at every width (no recompiles).
+        return cls(latent, k_pe, index_k, index_sketch, write, slot_table[:, :width].contiguous(),
                    span[None, :] <= positions[:, None])
 
     def write_and_gather(self, layer: int, latent: torch.Tensor, k_pe: torch.Tensor,

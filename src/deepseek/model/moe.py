@@ -56,9 +56,9 @@ class Gate(nn.Module):
         return weights * self.route_scale, ids
 
 
-# Up to this many tokens (decode batches), packed CPU experts run as one native call; beyond it (prefill)
-# `grouped_experts`' per-expert BLAS GEMMs are faster.
-NATIVE_MAX_TOKENS = 64
+# Up to this many tokens (decode batches, short prompts), packed CPU experts run as one native call;
+# beyond it (long prefill chunks) `grouped_experts`' per-expert BLAS GEMMs are faster.
+NATIVE_MAX_TOKENS = 256
 
 
 class MoE(nn.Module):
