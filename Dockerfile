@@ -9,10 +9,15 @@ FROM python:3.11-slim
 ARG PIP_EXTRA_INDEX_URL=""
 ENV PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL}
 
+# g++ builds the native decode kernels (deepseek/model/kernels.py); they are built once here, into
+# the image's torch extension cache, so a container starts without compiling.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir '.[serve]'
+RUN pip install --no-cache-dir '.[serve]' \
+    && python -c "from deepseek.model import kernels; print('native kernels:', kernels.available())"
 
 ENV OMP_NUM_THREADS=2 \
     DEEPSEEK_DB=/data/deepseek.db
