@@ -114,3 +114,22 @@ def test_deepseek_kernels_0_turns_the_kernel_off():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "DEEPSEEK_KERNELS": "0"},
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_an_fp32_weight_with_bf16_values_is_held_as_bf16_with_the_same_products():
+    """The LM head: a bf16 checkpoint tensor the reference computes in fp32. Half the bytes to read."""
+    exact = Linear(256, 300, quantized=False, dtype=torch.float32)
+    other = Linear(256, 300, quantized=False, dtype=torch.float32)
+    with torch.no_grad():
+        exact.weight.copy_(random((300, 256), torch.bfloat16, 12).float())
+        other.weight.copy_(random((300, 256), torch.float32, 13))
+    fp32_weight = exact.weight.detach().clone()
+    for layer in (exact, other):
+        layer.weight.requires_grad_(False)
+        layer.prepare_inference()
+    assert exact.weight.dtype == torch.bfloat16 and other.weight.dtype == torch.float32
+    x = random((5, 256), torch.float32, 14)
+    with torch.no_grad():
+        assert torch.equal(exact(x), kernels.matmul(x, fp32_weight.t().contiguous()))
+    assert torch.equal(exact(x), F.linear(x, exact.weight.float()))    # with grad: torch's op on fp32 values
+    assert torch.equal(exact.weight.float(), fp32_weight)

@@ -67,8 +67,8 @@ class Linear(nn.Module):
         return w if w.dtype == dtype else w.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.small_gemm and x.dtype == self.weight.dtype and not torch.is_grad_enabled():
-            return kernels.small_linear(x, self.weight)
+        if self.small_gemm and x.dtype in (self.weight.dtype, torch.float32) and not torch.is_grad_enabled():
+            return kernels.small_linear(x, self.weight)      # fp32 x and a bf16-held weight: fp32 products
         return F.linear(x, self.dequantized_weight(x.dtype))
 
     def prepare_inference(self) -> None:
@@ -77,11 +77,16 @@ class Linear(nn.Module):
         which for a few rows of x runs about 1.5x faster here than the transposed form (decode steps
         stream every weight from memory). FP8-resident weights, and views already laid out so
         (packed experts), are left alone. Where the native kernel builds, no-grad calls then run
-        `kernels.small_linear`, which is faster still for a few rows and at::mm's GEMM for many."""
+        `kernels.small_linear`, which is faster still for a few rows and at::mm's GEMM for many;
+        an fp32 weight whose values are all bf16 (a bf16 checkpoint tensor that the reference
+        computes in fp32, like the LM head) is then held as bf16: half the bytes to stream, and the
+        kernel widens it back exactly, so the fp32 products are the same."""
         w = self.weight
-        if w.dtype != FP8 and w.stride(0) != 1:
-            with torch.no_grad():
+        with torch.no_grad():
+            if w.dtype != FP8 and w.stride(0) != 1:
                 w.data = column_major(w.data)
+            if kernels.usable(w) and w.dtype == torch.float32 and torch.equal(w.bfloat16().float(), w):
+                w.data = column_major(w.data.bfloat16())
         self.small_gemm = kernels.usable(self.weight)
 
     def extra_repr(self) -> str:
