@@ -100,12 +100,10 @@ class PagedCacheView:
     def __init__(self, cache: PagedKVCache, block_tables: Sequence[Sequence[int]]):
         self.cache = cache
         bs = cache.block_size
-        # One host-to-device copy for the whole batch, split per sequence afterwards.
-        blocks = torch.tensor([b for table in block_tables for b in table], dtype=torch.long)
-        slots = (blocks[:, None] * bs + torch.arange(bs)).flatten().to(cache.device)
-        self.slots = list(slots.split([len(table) * bs for table in block_tables]))
-        # [B, max slots] padded copy, so a batched gather is a single indexing op.
-        self.slot_table = torch.nn.utils.rnn.pad_sequence(self.slots, batch_first=True) if self.slots else None
+        # One [B, max slots] table (one host-to-device copy), so a batched gather is a single
+        # indexing op; each sequence's own slots are views of its row.
+        self.slot_table = cache.slot_table(block_tables) if block_tables else None
+        self.slots = [self.slot_table[i, :len(table) * bs] for i, table in enumerate(block_tables)]
         self.slot_counts = torch.tensor([len(table) * bs for table in block_tables], device=cache.device)
         # A sequence whose blocks are one ascending run (the usual case: the free pool hands out
         # consecutive ids) is read through a view, so the O(T) reads of a long context copy nothing.

@@ -5,8 +5,8 @@ paged cache and runs `model.step` once; a step in which every sequence decodes o
 runs `model.decode` and the LM head instead (the same arithmetic, with tensor-only metadata, as one
 function that the engine's `compile` option compiles). Either way it projects only the rows that
 need a next token (the last token of a decode or of a prompt's final chunk), applies grammar masks
-and sampler-level rules, and samples all rows in one vectorised call. Tensor and expert parallelism would wrap the model here without changing the
-scheduler.
+and sampler-level rules, and samples all rows in one vectorised call. Tensor and expert
+parallelism would wrap the model here without changing the scheduler.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import kernels
 from .cache import DecodeRows, ForwardBatch
 from .config import ModelConfig
-from . import kernels
 from .fp8 import fake_quantize_activation
 from .indexer import Indexer
 from .layers import Linear, RMSNorm

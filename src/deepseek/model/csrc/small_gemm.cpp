@@ -107,6 +107,11 @@ void columns(const float* x, int64_t M, int64_t K, int64_t k0, int64_t k1, const
   }
 }
 
+// Threads split the output columns; a task of fewer than ~64K multiply-adds is not worth one.
+inline int64_t grain(int64_t M, int64_t K, int64_t cols) {
+  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * cols));
+}
+
 // y [M, N] = x [M, K] (fp32, row stride K) @ wt (rows of stride ldw). Threads split the columns.
 // Each thread walks its tiles kBlock weight rows at a time: a wide matrix is then read row after row
 // (one tile's rows alone lie a page or more apart, which defeats the prefetcher), and partial sums
@@ -115,8 +120,7 @@ template <typename TW, typename TY>
 void gemm_rows(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t N) {
   constexpr int64_t kBlock = 32;
   std::vector<float> part(K > kBlock ? M * N : 0);
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * kCols));
-  at::parallel_for(0, (N + kCols - 1) / kCols, grain, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, (N + kCols - 1) / kCols, grain(M, K, kCols), [&](int64_t t0, int64_t t1) {
     for (int64_t k0 = 0; k0 < K; k0 += kBlock)
       for (int64_t t = t0; t < t1; ++t)
         columns(x, M, K, k0, std::min(K, k0 + kBlock), wt, ldw, part.data(), y, N, t * kCols);
@@ -141,11 +145,6 @@ std::vector<float> widen(const Problem& p) {
   for (int64_t m = 0; m < p.M; ++m)
     for (int64_t k = 0; k < p.K; ++k) xf[m * p.K + k] = static_cast<float>(x[m * p.ldx + k * p.kx]);
   return xf;
-}
-
-// Threads split the columns; a task of fewer than ~64K multiply-adds is not worth one.
-inline int64_t grain(const Problem& p, int64_t cols) {
-  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, p.M * p.K * cols));
 }
 
 template <typename TX, typename TW>
@@ -198,7 +197,7 @@ void run_nt(const Problem& p) {
   const TW* w = static_cast<const TW*>(p.w);
   TX* y = static_cast<TX*>(p.y);
   constexpr int64_t C = 4;
-  at::parallel_for(0, (p.N + C - 1) / C, grain(p, C), [&](int64_t g0, int64_t g1) {
+  at::parallel_for(0, (p.N + C - 1) / C, grain(p.M, p.K, C), [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t n = g * C;
       const TW* wn = w + n * p.ldw;
@@ -253,7 +252,6 @@ at::Tensor matmul(const at::Tensor& x, const at::Tensor& w) {
   return y;
 }
 
-
 // The routed experts of a MoE layer (model/moe.py `grouped_experts`): for each expert, in id order,
 // its tokens' rows (in token order) go through gate+up, silu(gate) * up and down, each product
 // rounded to x's dtype as F.linear's would be; y[token] += that * the token's routing weight, in
@@ -276,14 +274,14 @@ void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& i
       rows[e].emplace_back(n, wp[n * weights.stride(0) + j * weights.stride(1)]);
     }
   std::vector<float> xf, act;
-  std::vector<T> h1, h2, a;
+  std::vector<T> h1, h2;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t c = static_cast<int64_t>(rows[e].size());
     if (c == 0) continue;
     const T* gu = gate_up.data_ptr<T>() + e * gate_up.stride(0);
     const T* dn = down.data_ptr<T>() + e * down.stride(0);
     h1.resize(c * 2 * I);
-    a.resize(c * I);
+    act.resize(c * I);
     h2.resize(c * D);
     for (int64_t r0 = 0; r0 < c; r0 += kMaxRows) {          // blocks of rows; a row's result is the same
       const int64_t m = std::min<int64_t>(kMaxRows, c - r0);
@@ -296,14 +294,11 @@ void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& i
     for (int64_t r = 0; r < c; ++r)
       for (int64_t i = 0; i < I; ++i) {
         const float g = static_cast<float>(h1[r * 2 * I + i]), u = static_cast<float>(h1[r * 2 * I + I + i]);
-        a[r * I + i] = static_cast<T>(g / (1.0f + std::exp(-g)) * u);
+        // rounded to x's dtype, as `(silu(g) * u).to(x.dtype)` is, then held in fp32 (exact)
+        act[r * I + i] = static_cast<float>(static_cast<T>(g / (1.0f + std::exp(-g)) * u));
       }
-    for (int64_t r0 = 0; r0 < c; r0 += kMaxRows) {
-      const int64_t m = std::min<int64_t>(kMaxRows, c - r0);
-      act.resize(m * I);
-      for (int64_t v = 0; v < m * I; ++v) act[v] = static_cast<float>(a[r0 * I + v]);
-      gemm_rows(act.data(), m, I, dn, down.stride(2), h2.data() + r0 * D, D);
-    }
+    for (int64_t r0 = 0; r0 < c; r0 += kMaxRows)
+      gemm_rows(act.data() + r0 * I, std::min<int64_t>(kMaxRows, c - r0), I, dn, down.stride(2), h2.data() + r0 * D, D);
     for (int64_t r = 0; r < c; ++r) {
       float* yr = yp + rows[e][r].first * D;
       const float w = rows[e][r].second;
