@@ -47,8 +47,27 @@ def test_products_are_within_an_fp32_sum_of_the_exact_ones(xdtype, wdtype, m, k,
 def test_a_bf16_result_is_the_fp32_result_rounded_to_nearest_even(m, k, n):
     x, w = random((m, k), torch.bfloat16, 2), random((n, k), torch.bfloat16, 3)
     wt = w.t().contiguous()
-    assert torch.equal(kernels.matmul(x, wt), kernels.matmul(x.float(), wt).bfloat16())
+    if not kernels.bf16_dot():      # the pair dot products sum in another order (next test)
+        assert torch.equal(kernels.matmul(x, wt), kernels.matmul(x.float(), wt).bfloat16())
     assert torch.equal(kernels.matmul_nt(x, w), kernels.matmul_nt(x.float(), w).bfloat16())
+
+
+def test_deepseek_bf16_dot_0_keeps_bf16_products_on_the_fp32_path():
+    """Both bf16 paths on a CPU with AVX512-BF16: the pair dot products are within a bf16 rounding
+    (plus the fp32 sums' error) of the fp32 path, and switched off they are its rounded result."""
+    code = ("import torch; from deepseek.model import kernels\n"
+            "g = torch.Generator().manual_seed(0)\n"
+            "x, wt = torch.randn(8, 255, generator=g).bfloat16(), torch.randn(255, 300, generator=g).bfloat16()\n"
+            "print(kernels.bf16_dot(), torch.equal(kernels.matmul(x, wt), kernels.matmul(x.float(), wt).bfloat16()))")
+    off = subprocess.run([sys.executable, "-c", code], env={**os.environ, "DEEPSEEK_BF16_DOT": "0"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert off == ["False", "True"]
+    if kernels.bf16_dot():
+        g = torch.Generator().manual_seed(0)
+        x, wt = torch.randn(8, 255, generator=g).bfloat16(), torch.randn(255, 300, generator=g).bfloat16()
+        fp32 = kernels.matmul(x.float(), wt)
+        _, bound = reference_bound(x, wt.t())
+        assert ((kernels.matmul(x, wt).double() - fp32.double()).abs() <= 2 * bound + fp32.double().abs() * 2.0 ** -8).all()
 
 
 def test_non_finite_values_propagate():

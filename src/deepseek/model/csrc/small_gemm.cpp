@@ -10,14 +10,19 @@
 // Both also take a leading batch dim on x and the matrix alike. Tensors are float32 or bfloat16
 // (bf16 widens to fp32 exactly); y has x's dtype. No output depends on M or on the other rows of
 // the call, so a sequence's result is the same whatever shares its batch. The matrix's rows must be
-// contiguous; above kMaxRows rows of x, or otherwise, the call is at::matmul's.
+// contiguous; above kMaxRows rows of x, or otherwise, the call is at::matmul's. With bf16 x and a
+// bf16 matrix, CPUs with AVX512-BF16 sum pairs of products per instruction (see tile_bf16).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -127,6 +132,150 @@ void gemm_rows(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, 
   });
 }
 
+// bf16 x bf16, where the CPU has AVX512-BF16: vdpbf16ps multiplies pairs of bf16 (exactly, in fp32)
+// and adds both products to an fp32 accumulator, 32 multiply-adds per instruction where an fp32 fma
+// does 16, and without widening the weight first. x is passed as pairs: pair p of row m holds the
+// bits of x[m][2p] (low half) and x[m][2p+1] (high half; 0 past K). The weight keeps its layout:
+// rows k and k+1 of a 32-column segment are interleaved in registers (vpunpck{l,h}wd), which puts
+// each 128-bit lane's columns 0-3 in one vector and 4-7 in the other; the final store puts them
+// back in order. Each output is still one fp32 sum over k in a fixed order (pairs in k order), so no
+// row depends on the others; the sums differ from the fma chain's only in rounding order.
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+const bool kBf16Dot = [] {
+  const char* env = std::getenv("DEEPSEEK_BF16_DOT");
+  return __builtin_cpu_supports("avx512bf16") && !(env && std::string(env) == "0");
+}();
+
+// One pair of weight rows (a0, a1: row 2p's two 32-column segments; b0, b1: row 2p + 1's) into the
+// R x 64 accumulators.
+template <int R>
+BF16_TARGET __attribute__((always_inline)) inline void pair_step(__m512 (&acc)[R][kVecs], const uint32_t* xp,
+                                                                 int64_t P, int64_t p, __m512i a0, __m512i a1,
+                                                                 __m512i b0, __m512i b1) {
+  const __m512i w[kVecs] = {_mm512_unpacklo_epi16(a0, b0), _mm512_unpackhi_epi16(a0, b0),
+                            _mm512_unpacklo_epi16(a1, b1), _mm512_unpackhi_epi16(a1, b1)};
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[r * P + p]));
+#pragma GCC unroll 4
+    for (int j = 0; j < kVecs; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], a, (__m512bh)w[j]);
+  }
+}
+
+// R rows x 64 columns over pairs [p0, p1); `part` holds the raw (lane-ordered) partial sums of each
+// row, ldp floats apart; `last` stores the sums in column order to y instead.
+template <int R, typename TY>
+BF16_TARGET inline void tile_bf16(const uint32_t* xp, int64_t P, int64_t p0, int64_t p1, int64_t K,
+                                  const uint16_t* wt, int64_t ldw, float* part, int64_t ldp, TY* y, int64_t ldy,
+                                  const __mmask32* m32, const __mmask16* m16, bool last) {
+  __m512 acc[R][kVecs];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < kVecs; ++j) acc[r][j] = p0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(part + r * ldp + 16 * j);
+  const int64_t full = std::min(p1, K / 2);       // pairs with both rows inside the matrix
+  int64_t p = p0;
+  if (m32[1] == __mmask32(0xffffffffu)) {         // a whole 64-column tile: plain loads
+    for (; p < full; ++p) {
+      const uint16_t* w0 = wt + 2 * p * ldw;
+      pair_step<R>(acc, xp, P, p, _mm512_loadu_si512(w0), _mm512_loadu_si512(w0 + 32), _mm512_loadu_si512(w0 + ldw),
+           _mm512_loadu_si512(w0 + ldw + 32));
+    }
+  }
+  for (; p < full; ++p) {
+    const uint16_t* w0 = wt + 2 * p * ldw;
+    pair_step<R>(acc, xp, P, p, _mm512_maskz_loadu_epi16(m32[0], w0), _mm512_maskz_loadu_epi16(m32[1], w0 + 32),
+         _mm512_maskz_loadu_epi16(m32[0], w0 + ldw), _mm512_maskz_loadu_epi16(m32[1], w0 + ldw + 32));
+  }
+  if (p < p1) {                                   // odd K: the last row pairs with zeros
+    const uint16_t* w0 = wt + 2 * p * ldw;
+    const __m512i zero = _mm512_setzero_si512();
+    pair_step<R>(acc, xp, P, p, _mm512_maskz_loadu_epi16(m32[0], w0), _mm512_maskz_loadu_epi16(m32[1], w0 + 32), zero, zero);
+  }
+  if (!last) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int j = 0; j < kVecs; ++j) _mm512_storeu_ps(part + r * ldp + 16 * j, acc[r][j]);
+    return;
+  }
+  // lo = columns {0-3, 8-11, 16-19, 24-27} of a segment, hi = {4-7, 12-15, 20-23, 28-31}
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m512 lo = acc[r][2 * h], hi = acc[r][2 * h + 1];
+      store16(y + r * ldy + 32 * h, _mm512_permutex2var_ps(lo, first, hi), m16[2 * h]);
+      store16(y + r * ldy + 32 * h + 16, _mm512_permutex2var_ps(lo, second, hi), m16[2 * h + 1]);
+    }
+}
+
+template <typename TY>
+BF16_TARGET void columns_bf16(const uint32_t* xp, int64_t M, int64_t K, int64_t p0, int64_t p1, const uint16_t* wt,
+                              int64_t ldw, float* part, int64_t ldp, TY* y, int64_t N, int64_t n0) {
+  __mmask16 m16[kVecs];
+  __mmask32 m32[2];
+  for (int j = 0; j < kVecs; ++j) {
+    const int64_t left = N - n0 - 16 * j;
+    m16[j] = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+  }
+  for (int h = 0; h < 2; ++h) {
+    const int64_t left = N - n0 - 32 * h;
+    m32[h] = left >= 32 ? __mmask32(0xffffffffu) : left <= 0 ? __mmask32(0) : __mmask32((1u << left) - 1);
+  }
+  const int64_t P = (K + 1) / 2;
+  const bool last = 2 * p1 >= K;
+  int64_t m = 0;
+  for (; m + kRows <= M; m += kRows)
+    tile_bf16<kRows>(xp + m * P, P, p0, p1, K, wt + n0, ldw, part + m * ldp + n0, ldp, y + m * N + n0, N, m32, m16, last);
+  const uint32_t* xm = xp + m * P;
+  float* pm = part + m * ldp + n0;
+  TY* ym = y + m * N + n0;
+  switch (M - m) {
+    case 3: tile_bf16<3>(xm, P, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
+    case 2: tile_bf16<2>(xm, P, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
+    case 1: tile_bf16<1>(xm, P, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
+    default: break;
+  }
+}
+
+// gemm_rows with bf16 x (as pairs) and a bf16 matrix; the same walk over blocks of weight rows.
+template <typename TY>
+void gemm_rows_bf16(const uint32_t* xp, int64_t M, int64_t K, const at::BFloat16* wt, int64_t ldw, TY* y, int64_t N) {
+  constexpr int64_t kPairs = 16;
+  const int64_t P = (K + 1) / 2, tiles = (N + kCols - 1) / kCols, ldp = tiles * kCols;
+  std::vector<float> part(P > kPairs ? M * ldp : 0);
+  const uint16_t* w = reinterpret_cast<const uint16_t*>(wt);
+  at::parallel_for(0, tiles, grain(M, K, kCols), [&](int64_t t0, int64_t t1) {
+    for (int64_t p0 = 0; p0 < P; p0 += kPairs)
+      for (int64_t t = t0; t < t1; ++t)
+        columns_bf16(xp, M, K, p0, std::min(P, p0 + kPairs), w, ldw, part.data(), ldp, y, N, t * kCols);
+  });
+}
+
+inline uint16_t bf16_bits(at::BFloat16 v) { return v.x; }
+inline uint16_t bf16_bits(float v) {      // v is a bf16 value held in fp32: its top half is exact
+  uint32_t i;
+  std::memcpy(&i, &v, sizeof i);
+  return static_cast<uint16_t>(i >> 16);
+}
+
+// Rows of bf16 values as the pairs tile_bf16 reads; `at(m, k)` gives x[m][k].
+template <typename F>
+std::vector<uint32_t> bf16_pairs(int64_t M, int64_t K, F at) {
+  const int64_t P = (K + 1) / 2;
+  std::vector<uint32_t> xp(M * P);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t p = 0; p < P; ++p) {
+      const uint32_t lo = bf16_bits(at(m, 2 * p)), hi = 2 * p + 1 < K ? bf16_bits(at(m, 2 * p + 1)) : 0;
+      xp[m * P + p] = lo | hi << 16;
+    }
+  return xp;
+}
+
 // One product of a batch: x [M, K] (strides ldx, kx), the matrix (rows of stride ldw), y [M, N].
 struct Problem {
   const void* x;
@@ -149,6 +298,14 @@ std::vector<float> widen(const Problem& p) {
 
 template <typename TX, typename TW>
 void run_nn(const Problem& p) {
+  if constexpr (std::is_same_v<TX, at::BFloat16> && std::is_same_v<TW, at::BFloat16>) {
+    if (kBf16Dot) {
+      const at::BFloat16* x = static_cast<const at::BFloat16*>(p.x);
+      const std::vector<uint32_t> xp = bf16_pairs(p.M, p.K, [&](int64_t m, int64_t k) { return x[m * p.ldx + k * p.kx]; });
+      gemm_rows_bf16(xp.data(), p.M, p.K, static_cast<const at::BFloat16*>(p.w), p.ldw, static_cast<TX*>(p.y), p.N);
+      return;
+    }
+  }
   const std::vector<float> xf = widen<TX>(p);
   gemm_rows(xf.data(), p.M, p.K, static_cast<const TW*>(p.w), p.ldw, static_cast<TX*>(p.y), p.N);
 }
@@ -252,6 +409,19 @@ at::Tensor matmul(const at::Tensor& x, const at::Tensor& w) {
   return y;
 }
 
+// y [M, N] = x [M, K] @ wt for the experts: x holds values of T in fp32; bf16 takes the pair path.
+template <typename T>
+void expert_rows(const float* x, int64_t M, int64_t K, const T* wt, int64_t ldw, T* y, int64_t N) {
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    if (kBf16Dot) {
+      const std::vector<uint32_t> xp = bf16_pairs(M, K, [&](int64_t m, int64_t k) { return x[m * K + k]; });
+      gemm_rows_bf16(xp.data(), M, K, wt, ldw, y, N);
+      return;
+    }
+  }
+  gemm_rows(x, M, K, wt, ldw, y, N);
+}
+
 // The routed experts of a MoE layer (model/moe.py `grouped_experts`): for each expert, in id order,
 // its tokens' rows (in token order) go through gate+up, silu(gate) * up and down, each product
 // rounded to x's dtype as F.linear's would be; y[token] += that * the token's routing weight, in
@@ -289,7 +459,7 @@ void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& i
       for (int64_t r = 0; r < m; ++r)
         for (int64_t d = 0; d < D; ++d)
           xf[r * D + d] = static_cast<float>(xp[rows[e][r0 + r].first * x.stride(0) + d * x.stride(1)]);
-      gemm_rows(xf.data(), m, D, gu, gate_up.stride(2), h1.data() + r0 * 2 * I, 2 * I);
+      expert_rows(xf.data(), m, D, gu, gate_up.stride(2), h1.data() + r0 * 2 * I, 2 * I);
     }
     for (int64_t r = 0; r < c; ++r)
       for (int64_t i = 0; i < I; ++i) {
@@ -298,7 +468,7 @@ void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& i
         act[r * I + i] = static_cast<float>(static_cast<T>(g / (1.0f + std::exp(-g)) * u));
       }
     for (int64_t r0 = 0; r0 < c; r0 += kMaxRows)
-      gemm_rows(act.data() + r0 * I, std::min<int64_t>(kMaxRows, c - r0), I, dn, down.stride(2), h2.data() + r0 * D, D);
+      expert_rows(act.data() + r0 * I, std::min<int64_t>(kMaxRows, c - r0), I, dn, down.stride(2), h2.data() + r0 * D, D);
     for (int64_t r = 0; r < c; ++r) {
       float* yr = yp + rows[e][r].first * D;
       const float w = rows[e][r].second;
@@ -327,6 +497,7 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& weights, const at:
 }
 
 at::Tensor small_gemm(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt); }
+bool bf16_dot() { return kBf16Dot; }
 at::Tensor small_gemm_nt(const at::Tensor& x, const at::Tensor& w) { return matmul<true>(x, w); }
 
 }  // namespace
@@ -335,6 +506,7 @@ TORCH_LIBRARY(deepseek_kernels, m) {
   m.def("small_gemm(Tensor x, Tensor wt) -> Tensor");
   m.def("small_gemm_nt(Tensor x, Tensor w) -> Tensor");
   m.def("moe_experts(Tensor x, Tensor weights, Tensor ids, Tensor gate_up, Tensor down) -> Tensor");
+  m.def("bf16_dot() -> bool", &bf16_dot);
 }
 TORCH_LIBRARY_IMPL(deepseek_kernels, CPU, m) {
   m.impl("small_gemm", &small_gemm);
