@@ -152,3 +152,58 @@ def test_an_fp32_weight_with_bf16_values_is_held_as_bf16_with_the_same_products(
         assert torch.equal(exact(x), kernels.matmul(x, fp32_weight.t().contiguous()))
     assert torch.equal(exact(x), F.linear(x, exact.weight.float()))    # with grad: torch's op on fp32 values
     assert torch.equal(exact.weight.float(), fp32_weight)
+
+
+def attention_reference(q_lat, q_pe, latent, k_pe, slots, visible, scale):
+    """latent_attention in float64 over gathered rows."""
+    c, pe = latent[slots].double(), k_pe[slots].double()
+    s = (torch.einsum("bhr,bkr->bhk", q_lat.double(), c) + torch.einsum("bhd,bkd->bhk", q_pe.double(), pe)) * scale
+    if visible is not None:
+        s = s.masked_fill(~visible[:, None, :], float("-inf"))
+    return torch.einsum("bhk,bkr->bhr", s.softmax(-1), c)
+
+
+def attention_case(dtype, heads=4, rank=80, rope=24, slots=300, batch=5, width=37, seed=20):
+    g = torch.Generator().manual_seed(seed)
+    q_lat, q_pe = torch.randn(batch, heads, rank, generator=g), torch.randn(batch, heads, rope, generator=g)
+    latent, k_pe = torch.randn(slots, rank, generator=g), torch.randn(slots, rope, generator=g)
+    table = torch.randperm(slots, generator=g)[:batch * width].view(batch, width)
+    lengths = torch.randint(1, width + 1, (batch,), generator=g)
+    visible = torch.arange(width)[None, :] < lengths[:, None]
+    return [t.to(dtype) for t in (q_lat, q_pe, latent, k_pe)] + [table, visible, lengths]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [1, 4, 6])
+def test_latent_attention_is_softmax_attention_over_the_slotted_rows(dtype, heads):
+    q_lat, q_pe, latent, k_pe, slots, visible, _ = attention_case(dtype, heads=heads)
+    got = kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, visible, 0.1)
+    assert got.dtype == dtype and got.shape == q_lat.shape
+    exact = attention_reference(q_lat, q_pe, latent, k_pe, slots, visible, 0.1)
+    # fp32: sums and exp to ~1e-6; bf16: the probabilities and the output are rounded to bf16
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.double(), exact, atol=tol, rtol=tol)
+
+
+def test_latent_attention_gives_a_sequence_the_same_bits_alone_padded_or_moved():
+    """Rows that are not visible are never read, and rows are found by slot: what lets every decode
+    form (batched, alone, gathered, in place) share one arithmetic."""
+    q_lat, q_pe, latent, k_pe, slots, visible, lengths = attention_case(torch.bfloat16)
+    full = kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, visible, 0.1)
+    for b in range(len(lengths)):
+        n = int(lengths[b])
+        own = slots[b:b + 1, :n]
+        alone = kernels.latent_attention(q_lat[b:b + 1], q_pe[b:b + 1], latent, k_pe, own, None, 0.1)
+        gathered = kernels.latent_attention(q_lat[b:b + 1], q_pe[b:b + 1], latent[own[0]], k_pe[own[0]],
+                                            torch.arange(n)[None], None, 0.1)
+        assert torch.equal(alone, full[b:b + 1]) and torch.equal(gathered, full[b:b + 1])
+
+
+def test_latent_attention_rejects_bad_operands():
+    q_lat, q_pe, latent, k_pe, slots, visible, _ = attention_case(torch.float32)
+    with pytest.raises(RuntimeError, match="out of range"):
+        kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots + 1000, visible, 0.1)
+    with pytest.raises(RuntimeError, match="expected latent"):
+        kernels.latent_attention(q_lat, q_pe, latent[:, :10], k_pe, slots, visible, 0.1)
+    with pytest.raises(RuntimeError, match="visible"):
+        kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, visible.int(), 0.1)

@@ -137,9 +137,8 @@ class DecodeRows:
         return cls(latent, k_pe, index_k, index_sketch, write, slot_table[:, :width].contiguous(),
                    span[None, :] <= positions[:, None])
 
-    def write_and_gather(self, layer: int, latent: torch.Tensor, k_pe: torch.Tensor,
-                         index_k: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new rows of `layer`, then return its visible rows: [B, K, R], [B, K, Dr]."""
+    def write(self, layer: int, latent: torch.Tensor, k_pe: torch.Tensor, index_k: torch.Tensor | None) -> None:
+        """Store the new rows of `layer` (then `read_slots` name every visible row of it)."""
         self.latent[layer].index_copy_(0, self.write_slots, latent.to(self.latent[layer].dtype))
         self.k_pe[layer].index_copy_(0, self.write_slots, k_pe.to(self.k_pe[layer].dtype))
         if self.index_k is not None and index_k is not None:
@@ -147,7 +146,6 @@ class DecodeRows:
             if self.index_sketch is not None:
                 for dst, src in zip(self.index_sketch[layer], sketch_keys(index_k)):
                     dst.index_copy_(0, self.write_slots, src)
-        return self.latent[layer][self.read_slots], self.k_pe[layer][self.read_slots]
 
 
 class ContiguousCache:

@@ -17,6 +17,7 @@ are compiled from source on first use (torch's C++ extension builder, about 15 s
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import sys
@@ -26,8 +27,18 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "small_gemm.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / "small_gemm.cpp", CSRC / "latent_attention.cpp"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"]
+
+
+def _source_digest() -> str:
+    """A digest of every file under csrc/: torch's builder rehashes the .cpp files it compiles, not
+    the headers they include, so the digest goes into the flags (a changed header rebuilds)."""
+    digest = hashlib.sha256()
+    for f in sorted(CSRC.iterdir()):
+        digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @functools.cache
@@ -43,7 +54,8 @@ def available() -> bool:
     try:
         from torch.utils.cpp_extension import load
 
-        load(name="deepseek_small_gemm", sources=[str(SOURCE)], extra_cflags=FLAGS, is_python_module=False)
+        load(name="deepseek_small_gemm", sources=[str(f) for f in SOURCES],
+             extra_cflags=[*FLAGS, f"-DDEEPSEEK_CSRC={_source_digest()}"], is_python_module=False)
     except Exception as e:  # no compiler, no ninja, a read-only cache: the model still runs, on torch's ops
         log.warning("the small-GEMM kernels did not build (%s); decode products use torch's", e)
         return False
@@ -61,6 +73,10 @@ def available() -> bool:
     @torch.library.register_fake("deepseek_kernels::moe_experts")
     def _(x, weights, ids, gate_up, down):
         return x.new_empty(x.shape, dtype=torch.float32)
+
+    @torch.library.register_fake("deepseek_kernels::latent_attention")
+    def _(q_lat, q_pe, latent, k_pe, slots, visible, scale):
+        return q_lat.new_empty(q_lat.shape, dtype=latent.dtype)
 
     return True
 
@@ -90,6 +106,15 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_
     x [N, D]; weights [N, k] fp32 and ids [N, k] from the router; the packed, column-major
     gate_up [E, 2I, D] and down [E, D, I] in x's dtype -> [N, D] fp32."""
     return torch.ops.deepseek_kernels.moe_experts(x, weights, ids, gate_up, down)
+
+
+def latent_attention(q_lat: torch.Tensor, q_pe: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tensor,
+                     slots: torch.Tensor, visible: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """MLA's absorbed decode attention over cached rows read in place: q_lat [B, H, R] and q_pe
+    [B, H, Dr]; a layer's cache rows latent [S, R] and k_pe [S, Dr]; sequence b attends to the rows
+    slots[b, t] [B, K] where visible[b, t] (None: all). Returns o_lat [B, H, R] in the cache's dtype:
+    softmax(scale · (q_lat·c + q_pe·k_pe)) rounded to that dtype, times the latent rows, summed in fp32."""
+    return torch.ops.deepseek_kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, visible, scale)
 
 
 def bf16_dot() -> bool:

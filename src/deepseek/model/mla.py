@@ -110,12 +110,12 @@ class MLA(nn.Module):
 
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: DecodeRows) -> torch.Tensor:
         """Dense decode of B sequences with one new token each, all metadata in tensors (no Python
-        per sequence, so it compiles): write the new rows, gather every visible row, attend.
+        per sequence, so it compiles): write the new rows, attend to every visible row where it lies.
         The same arithmetic as `_decode` on a decode-only batch. x: [B, D] -> [B, D]."""
-        b = x.shape[0]
+        b, layer = x.shape[0], self.layer_id
         _, q_nope, q_pe, latent, k_pe, index_k = self.project(x, cos, sin)
-        c, pe = rows.write_and_gather(self.layer_id, latent, k_pe, index_k)     # [B, K, R], [B, K, Dr]
-        out = self._absorbed(q_nope, q_pe, c, pe, rows.visible)
+        rows.write(layer, latent, k_pe, index_k)
+        out = self._absorbed(q_nope, q_pe, rows.latent[layer], rows.k_pe[layer], rows.visible, rows.read_slots)
         return self.o_proj(out.reshape(b, -1))
 
     def _decode(self, decodes, q_nope, q_pe, cache, out) -> None:
@@ -175,25 +175,32 @@ class MLA(nn.Module):
             out[r:r + rows] = torch.einsum("sht,thd->shd", p, v)
         return out
 
-    def _absorbed(self, q_nope, q_pe, c, k_pe, visible):
+    def _absorbed(self, q_nope, q_pe, c, k_pe, visible, slots=None):
         """Decode form (MQA over the latent), one query per sequence, batched over B sequences.
 
         q_nope [B,H,Dn], q_pe [B,H,Dr]; c [B,K,R], k_pe [B,K,Dr]: each sequence's K rows (all of
-        them when dense, the index_topk picks when sparse), so the cost is O(K), not O(T).
-        visible [B,K] masks padding (None: all visible). Returns [B,H,Dv].
+        them when dense, the index_topk picks when sparse), so the cost is O(K), not O(T). Or, with
+        `slots` [B,K], c [S,R] and k_pe [S,Dr] are a layer's cache rows and sequence b's rows are
+        those at slots[b]. visible [B,K] masks padding (None: all visible). Returns [B,H,Dv].
         """
         w_uk, w_uv = self.frozen_absorbed or self._absorbed_weights(q_nope.dtype)  # [H,Dn,R], [H,R,Dv]
         native = self.native_kernels and not torch.is_grad_enabled()
         mm = kernels.matmul if native else torch.matmul
         q_lat = mm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)                  # [B,H,R]
-        if native:   # the kernel reads the cached rows as they lie, and sums the scores in fp32
-            scores = kernels.matmul_nt(q_lat.float(), c) + kernels.matmul_nt(q_pe.float(), k_pe)
+        if native:   # every decode form runs one kernel: a sequence's result is the same in any of them
+            if slots is None:
+                b, k = c.shape[:2]
+                c, k_pe = c.reshape(b * k, -1), k_pe.reshape(b * k, -1)
+                slots = torch.arange(b * k, device=c.device).view(b, k)
+            o_lat = kernels.latent_attention(q_lat, q_pe, c, k_pe, slots, visible, self.softmax_scale)
         else:
+            if slots is not None:
+                c, k_pe = c[slots], k_pe[slots]
             scores = torch.baddbmm(torch.bmm(q_pe, k_pe.transpose(1, 2)), q_lat, c.transpose(1, 2)).float()
-        scores = scores * self.softmax_scale                                       # [B,H,K] fp32
-        if visible is not None:
-            scores.masked_fill_(~visible[:, None, :], float("-inf"))
-        o_lat = mm(scores.softmax(dim=-1).to(c.dtype), c)                         # [B,H,R]
+            scores = scores * self.softmax_scale                                   # [B,H,K] fp32
+            if visible is not None:
+                scores.masked_fill_(~visible[:, None, :], float("-inf"))
+            o_lat = torch.matmul(scores.softmax(dim=-1).to(c.dtype), c)          # [B,H,R]
         return mm(o_lat.transpose(0, 1), w_uv).transpose(0, 1)                    # [B,H,Dv]
 
     # Set by `prepare_inference` when the weights will not change again: read with no checks.

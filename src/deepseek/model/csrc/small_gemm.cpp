@@ -13,9 +13,7 @@
 // contiguous; above kMaxRows rows of x, or otherwise, the call is at::matmul's. With bf16 x and a
 // bf16 matrix, CPUs with AVX512-BF16 sum pairs of products per instruction (see tile_bf16).
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <immintrin.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -25,31 +23,14 @@
 #include <type_traits>
 #include <vector>
 
+#include "vec.h"
+
 namespace {
 
 constexpr int64_t kMaxRows = 16;
 constexpr int kRows = 4;                  // rows of x per tile
 constexpr int kVecs = 4;                  // 16-float vectors per tile: 64 output columns
 constexpr int64_t kCols = 16 * kVecs;
-
-inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-
-inline __m512 load16(const at::BFloat16* p, __mmask16 m) {   // bf16 -> fp32 is exact: a shift
-  __m256i h = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-inline void store16(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
-
-inline void store16(at::BFloat16* p, __m512 v, __mmask16 m) {
-  // fp32 -> bf16, round to nearest even (at::BFloat16's rounding); NaN stays a quiet NaN.
-  __m512i i = _mm512_castps_si512(v);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(i, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_add_epi32(_mm512_add_epi32(i, _mm512_set1_epi32(0x7fff)), lsb);
-  __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(i, _mm512_set1_epi32(0x400000)));
-  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
-}
 
 // rows x 64 columns of y over k in [k0, k1): x is fp32 [rows, K] (row stride K); wt, part and y are
 // offset to the tile's first column. The sums start at 0 (k0 == 0) or from the fp32 partial sums in
