@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from ..model.cache import DecodeRows
 from ..model.config import ModelConfig
 from ..model.indexer import KeySketch, empty_key_sketch, sketch_bytes, sketch_keys, sketch_supported
 
@@ -76,13 +78,31 @@ class PagedKVCache:
 
     _flat_layers = None
 
-    def slot_table(self, block_tables: Sequence[Sequence[int]]) -> torch.Tensor:
-        """[B, max blocks * block_size]: the slot of every position each table covers (past a short
-        table's end, slots of block 0, which callers never read as that sequence's)."""
-        width = max(len(t) for t in block_tables)
-        blocks = torch.tensor([list(t) + [0] * (width - len(t)) for t in block_tables], dtype=torch.long)
-        slots = blocks[:, :, None] * self.block_size + torch.arange(self.block_size)
-        return slots.flatten(1).to(self.device)
+    def slot_table(self, block_tables: Sequence[Sequence[int]], width: int | None = None) -> torch.Tensor:
+        """[B, width]: the slot of every position 0..width-1 of each table (width: all the positions
+        the longest table covers). Past a short table's end, slots of block 0, which callers never
+        read as that sequence's."""
+        return torch.from_numpy(self._slots(block_tables, width)).to(self.device)
+
+    def _slots(self, block_tables: Sequence[Sequence[int]], width: int | None) -> np.ndarray:
+        # numpy: a decode step builds its indices in microseconds, where torch ops cost tens
+        bs = self.block_size
+        blocks_wide = max(len(t) for t in block_tables) if width is None else -(-width // bs)
+        blocks = np.zeros((len(block_tables), blocks_wide), dtype=np.int64)
+        for i, table in enumerate(block_tables):
+            n = min(blocks_wide, len(table))
+            blocks[i, :n] = table[:n]
+        slots = (blocks[:, :, None] * bs + np.arange(bs)).reshape(len(block_tables), blocks_wide * bs)
+        return np.ascontiguousarray(slots[:, :width])
+
+    def decode_rows(self, block_tables: Sequence[Sequence[int]], positions: np.ndarray) -> DecodeRows:
+        """The `DecodeRows` of a dense decode step: sequence i writes position positions[i] and reads
+        positions 0..positions[i] (its table covers them), all as index tensors."""
+        width = int(positions.max()) + 1
+        read = self._slots(block_tables, width)
+        write = read[np.arange(len(positions)), positions]
+        visible = np.arange(width)[None, :] <= positions[:, None]
+        return DecodeRows(*self.flat_layers(), *(torch.from_numpy(a).to(self.device) for a in (write, read, visible)))
 
     def view(self, block_tables: Sequence[Sequence[int]]) -> PagedCacheView:
         """The `KVCache` of one forward call: sequence i of the batch uses `block_tables[i]`."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from deepseek.model import ForwardBatch, Transformer
@@ -80,12 +81,10 @@ class ModelRunner:
     def _decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, list[int]]:
         """One new token per sequence, dense, through `decode_logits` (compiled or not): the cache
         indices are built straight from the block tables. Returns `_step`'s (logits, rows)."""
-        device = self.model.device
-        starts = [s.num_computed for s in seqs]
-        tokens = torch.tensor([s.token_ids[p] for s, p in zip(seqs, starts)], device=device)
-        positions = torch.tensor(starts, device=device)
-        slots = self.kv.slot_table([s.table.blocks for s in seqs])
-        rows = DecodeRows.from_slot_table(*self.kv.flat_layers(), slots, positions, max(starts) + 1)
+        starts = np.array([s.num_computed for s in seqs])
+        tokens = torch.from_numpy(np.array([s.token_ids[p] for s, p in zip(seqs, starts)])).to(self.kv.device)
+        rows = self.kv.decode_rows([s.table.blocks for s in seqs], starts)
+        positions = torch.from_numpy(starts).to(self.kv.device)
         if self.compiled:       # one graph for every batch size >= 2 and context width
             for t in (tokens, positions, rows.write_slots, rows.read_slots, rows.visible):
                 for dim in range(t.dim()):

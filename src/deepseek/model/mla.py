@@ -89,13 +89,16 @@ class MLA(nn.Module):
         cache, layer = batch.cache, self.layer_id
         cache.store_tokens(layer, batch.token_seqs(x.device), batch.positions(x.device), latent, k_pe, index_k)
         decodes: list[tuple[int, int, int, torch.Tensor | None]] = []   # (seq, flat row, end, sparse picks)
+        prompts: dict[int, list[tuple[int, slice]]] = {}    # length -> dense chunks from position 0
         for seq, sl, start, length in batch.slices():
             end = start + length
             sparse = batch.sparse[seq] and self.needs_index(end)
-            if length > 1:   # prefill chunk: expanded form
+            if length > 1 and start == 0 and not sparse:    # attended together with their equals
+                prompts.setdefault(length, []).append((seq, sl))
+            elif length > 1:   # prefill chunk: expanded form
                 c_all, pe_all, ik_all = cache.load(layer, seq, end)
                 topk = self.indexer.select(x[sl], qr[sl], ik_all, start, cos[sl], sin[sl]) if sparse else None
-                out[sl] = self._expanded(q_nope[sl], q_pe[sl], c_all, pe_all, start, topk)
+                out[sl] = self._expanded(q_nope[sl][None], q_pe[sl][None], c_all[None], pe_all[None], start, topk)[0]
             elif sparse:     # sparse decode: scan every indexer key (cheap), keep index_topk rows
                 keys = cache.load_index_keys(layer, seq, end)
                 # The sketch is read only where the scan uses it (a scattered block table copies it).
@@ -104,6 +107,12 @@ class MLA(nn.Module):
                 decodes.append((seq, sl.start, end, picks))
             else:            # dense decode: every cached row
                 decodes.append((seq, sl.start, end, None))
+        for length, group in prompts.items():   # G whole prompts of one length: one batched attention
+            rows = [cache.load(layer, seq, length)[:2] for seq, _ in group]
+            got = self._expanded(torch.stack([q_nope[sl] for _, sl in group]), torch.stack([q_pe[sl] for _, sl in group]),
+                                 torch.stack([c for c, _ in rows]), torch.stack([pe for _, pe in rows]), 0, None)
+            for (_, sl), o in zip(group, got):
+                out[sl] = o
         if decodes:
             self._decode(decodes, q_nope, q_pe, cache, out)
         return self.o_proj(out.view(n, -1))
@@ -160,19 +169,21 @@ class MLA(nn.Module):
         return visible
 
     def _expanded(self, q_nope, q_pe, c, k_pe, start, topk):
-        """Prefill form. q_nope [S,H,Dn], q_pe [S,H,Dr], c [T,R], k_pe [T,Dr] -> [S,H,Dv]."""
-        s_len, t_len = q_nope.shape[0], c.shape[0]
-        kv = self.kv_b_proj(c).view(t_len, self.n_heads, self.nope_dim + self.v_dim)
+        """Prefill form, for G sequences whose chunks start at the same position and have the same
+        length. q_nope [G,S,H,Dn], q_pe [G,S,H,Dr], c [G,T,R], k_pe [G,T,Dr] -> [G,S,H,Dv]; topk
+        (the indexer's picks, [S, K]) only with G == 1."""
+        g, s_len, t_len = q_nope.shape[0], q_nope.shape[1], c.shape[1]
+        kv = self.kv_b_proj(c).view(g, t_len, self.n_heads, self.nope_dim + self.v_dim)
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         visible = self._visible(s_len, t_len, start, topk, c.device)
-        out = torch.empty(s_len, self.n_heads, self.v_dim, dtype=q_nope.dtype, device=c.device)
-        rows = max(1, _SCORE_BUDGET // max(1, self.n_heads * t_len))
+        out = torch.empty(g, s_len, self.n_heads, self.v_dim, dtype=q_nope.dtype, device=c.device)
+        rows = max(1, _SCORE_BUDGET // max(1, g * self.n_heads * t_len))
         for r in range(0, s_len, rows):
-            scores = (torch.einsum("shd,thd->sht", q_nope[r:r + rows], k_nope)
-                      + torch.einsum("shd,td->sht", q_pe[r:r + rows], k_pe)).float() * self.softmax_scale
-            scores.masked_fill_(~visible[r:r + rows, None, :], float("-inf"))
+            scores = (torch.einsum("gshd,gthd->gsht", q_nope[:, r:r + rows], k_nope)
+                      + torch.einsum("gshd,gtd->gsht", q_pe[:, r:r + rows], k_pe)).float() * self.softmax_scale
+            scores.masked_fill_(~visible[None, r:r + rows, None, :], float("-inf"))
             p = scores.softmax(dim=-1).to(v.dtype)
-            out[r:r + rows] = torch.einsum("sht,thd->shd", p, v)
+            out[:, r:r + rows] = torch.einsum("gsht,gthd->gshd", p, v)
         return out
 
     def _absorbed(self, q_nope, q_pe, c, k_pe, visible, slots=None):
