@@ -27,7 +27,9 @@
 
 namespace {
 
-constexpr int64_t kMaxRows = 16;
+constexpr int64_t kMaxRows = 32;
+// Above this many partial sums (128 KB) a block walk would spill them from L2: the k loop runs whole.
+constexpr int64_t kPartLimit = 32768;
 constexpr int kRows = 4;                  // rows of x per tile
 constexpr int kVecs = 4;                  // 16-float vectors per tile: 64 output columns
 constexpr int64_t kCols = 16 * kVecs;
@@ -104,7 +106,7 @@ inline int64_t grain(int64_t M, int64_t K, int64_t cols) {
 // wait in an fp32 buffer between blocks.
 template <typename TW, typename TY>
 void gemm_rows(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t N) {
-  constexpr int64_t kBlock = 32;
+  const int64_t kBlock = M * N > kPartLimit ? K : 32;
   std::vector<float> part(K > kBlock ? M * N : 0);
   at::parallel_for(0, (N + kCols - 1) / kCols, grain(M, K, kCols), [&](int64_t t0, int64_t t1) {
     for (int64_t k0 = 0; k0 < K; k0 += kBlock)
@@ -226,8 +228,8 @@ BF16_TARGET void columns_bf16(const uint32_t* xp, int64_t M, int64_t K, int64_t 
 // gemm_rows with bf16 x (as pairs) and a bf16 matrix; the same walk over blocks of weight rows.
 template <typename TY>
 void gemm_rows_bf16(const uint32_t* xp, int64_t M, int64_t K, const at::BFloat16* wt, int64_t ldw, TY* y, int64_t N) {
-  constexpr int64_t kPairs = 16;
   const int64_t P = (K + 1) / 2, tiles = (N + kCols - 1) / kCols, ldp = tiles * kCols;
+  const int64_t kPairs = M * N > kPartLimit ? P : 16;
   std::vector<float> part(P > kPairs ? M * ldp : 0);
   const uint16_t* w = reinterpret_cast<const uint16_t*>(wt);
   at::parallel_for(0, tiles, grain(M, K, kCols), [&](int64_t t0, int64_t t1) {
