@@ -52,22 +52,32 @@ def test_a_bf16_result_is_the_fp32_result_rounded_to_nearest_even(m, k, n):
     assert torch.equal(kernels.matmul_nt(x, w), kernels.matmul_nt(x.float(), w).bfloat16())
 
 
-def test_deepseek_bf16_dot_0_keeps_bf16_products_on_the_fp32_path():
+def test_deepseek_bf16_dot_0_keeps_bf16_products_on_the_fp32_path(tmp_path):
     """Both bf16 paths on a CPU with AVX512-BF16: the pair dot products are within a bf16 rounding
-    (plus the fp32 sums' error) of the fp32 path, and switched off they are its rounded result."""
-    code = ("import torch; from deepseek.model import kernels\n"
+    (plus the fp32 sums' error) of the fp32 path, and switched off they are its rounded result. The
+    same for the decode attention, whose two paths also agree to bf16 rounding."""
+    code = ("import sys, torch; from safetensors.torch import save_file; from deepseek.model import kernels\n"
+            "sys.path.insert(0, %r); from test_kernels import attention_case\n"
             "g = torch.Generator().manual_seed(0)\n"
             "x, wt = torch.randn(8, 255, generator=g).bfloat16(), torch.randn(255, 300, generator=g).bfloat16()\n"
-            "print(kernels.bf16_dot(), torch.equal(kernels.matmul(x, wt), kernels.matmul(x.float(), wt).bfloat16()))")
+            "q_lat, q_pe, latent, k_pe, slots, visible, _ = attention_case(torch.bfloat16)\n"
+            "save_file({'o': kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, visible, 0.1)}, %r)\n"
+            "print(kernels.bf16_dot(), torch.equal(kernels.matmul(x, wt), kernels.matmul(x.float(), wt).bfloat16()))"
+            % (os.path.dirname(__file__), str(tmp_path / "off.safetensors")))
     off = subprocess.run([sys.executable, "-c", code], env={**os.environ, "DEEPSEEK_BF16_DOT": "0"},
                          capture_output=True, text=True, check=True).stdout.split()
     assert off == ["False", "True"]
     if kernels.bf16_dot():
+        from safetensors.torch import load_file
+
         g = torch.Generator().manual_seed(0)
         x, wt = torch.randn(8, 255, generator=g).bfloat16(), torch.randn(255, 300, generator=g).bfloat16()
         fp32 = kernels.matmul(x.float(), wt)
         _, bound = reference_bound(x, wt.t())
         assert ((kernels.matmul(x, wt).double() - fp32.double()).abs() <= 2 * bound + fp32.double().abs() * 2.0 ** -8).all()
+        q_lat, q_pe, latent, k_pe, slots, visible, _ = attention_case(torch.bfloat16)
+        pairs = kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, visible, 0.1)
+        torch.testing.assert_close(pairs.float(), load_file(tmp_path / "off.safetensors")["o"].float(), atol=3e-2, rtol=3e-2)
 
 
 def test_non_finite_values_propagate():

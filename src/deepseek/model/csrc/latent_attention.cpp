@@ -14,7 +14,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "vec.h"
@@ -22,45 +24,145 @@
 namespace {
 
 constexpr int kHeads = 4;     // heads per pass over the rows
+constexpr int kRows = 4;      // cached rows per score tile
 
-// 4 dot products of fp32 q rows (stride ldq, zero-padded to a multiple of 16) with one cached row.
+// v[16] -> one vector whose lane j is the sum of v[j]'s lanes: 15 adds and 30 shuffles for all 16
+// (a reduce per vector takes ~8 dependent steps each).
+inline __m512 reduce16(const __m512 (&v)[16]) {
+  __m512 t[8], u[4], w[2];
+  for (int j = 0; j < 8; ++j)   // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
+    t[j] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_ps(v[2 * j], v[2 * j + 1]));
+  for (int j = 0; j < 4; ++j)   // per 128-bit lane: the lane's sums of 4 vectors
+    u[j] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * j], t[2 * j + 1], 0x44), _mm512_shuffle_ps(t[2 * j], t[2 * j + 1], 0xEE));
+  for (int j = 0; j < 2; ++j)
+    w[j] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * j], u[2 * j + 1], 0x88), _mm512_shuffle_f32x4(u[2 * j], u[2 * j + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
+}
+
+// acc[4 * i + r] += q row i (fp32, zero-padded to 16s, stride ldq) . cached row r, over n columns.
 template <typename TC>
-inline void dots4(const float* q, int64_t ldq, const TC* row, int64_t n, float* out) {
-  __m512 acc[kHeads];
-  for (int i = 0; i < kHeads; ++i) acc[i] = _mm512_setzero_ps();
+inline void score_tile(const float* q, int64_t ldq, const TC* const (&rows)[kRows], int64_t n, __m512 (&acc)[16]) {
   for (int64_t c = 0; c < n; c += 16) {
-    const __m512 v = load16(row + c, tail16(n - c));
+    const __mmask16 m = tail16(n - c);
+    __m512 v[kRows];
 #pragma GCC unroll 4
-    for (int i = 0; i < kHeads; ++i) acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + i * ldq + c), v, acc[i]);
+    for (int r = 0; r < kRows; ++r) v[r] = load16(rows[r] + c, m);
+#pragma GCC unroll 4
+    for (int i = 0; i < kHeads; ++i) {
+      const __m512 a = _mm512_loadu_ps(q + i * ldq + c);
+#pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r) acc[4 * i + r] = _mm512_fmadd_ps(a, v[r], acc[4 * i + r]);
+    }
   }
-  for (int i = 0; i < kHeads; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+// The same with bf16 q (zero-padded to 32s) and bf16 rows: pair dot products, 32 columns a step.
+BF16_TARGET inline void score_tile(const uint16_t* q, int64_t ldq, const at::BFloat16* const (&rows)[kRows], int64_t n,
+                                   __m512 (&acc)[16]) {
+  for (int64_t c = 0; c < n; c += 32) {
+    const __mmask32 m = n - c >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << (n - c)) - 1);
+    __m512bh v[kRows];
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) v[r] = (__m512bh)_mm512_maskz_loadu_epi16(m, rows[r] + c);
+#pragma GCC unroll 4
+    for (int i = 0; i < kHeads; ++i) {
+      const __m512bh a = (__m512bh)_mm512_loadu_si512(q + i * ldq + c);
+#pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r) acc[4 * i + r] = _mm512_dpbf16_ps(acc[4 * i + r], a, v[r]);
+    }
+  }
 }
 
 template <typename TC>
 inline float round_to(float v) { return static_cast<float>(static_cast<TC>(v)); }
 
-template <typename TQ, typename TC>
+inline uint16_t bits(float v) {      // v holds a bf16 value: its top half
+  uint32_t i;
+  std::memcpy(&i, &v, sizeof i);
+  return static_cast<uint16_t>(i >> 16);
+}
+
+// One sequence. Bf16 q and cache with AVX512-BF16 (Q16 = true) take pair dot products throughout:
+// the scores sum pairs of columns, and the output sums pairs of rows (probabilities are bf16 there).
+// o_lat with bf16 probabilities and rows: rows t and t + 1 interleaved in registers, as the pair
+// GEMM does with weight rows (vec.h pair_step), the probabilities of each head as pairs.
+BF16_TARGET void output_pairs(const std::vector<float>& p, const std::vector<int64_t>& rows, int64_t H, int64_t H4,
+                              int64_t T, int64_t R, const at::BFloat16* latent, int64_t ldl, at::BFloat16* out) {
+  const int64_t P = (T + 1) / 2;
+  std::vector<uint32_t> pairs(H4 * P);
+  for (int64_t h = 0; h < H4; ++h)
+    for (int64_t i = 0; i < P; ++i) {
+      const uint32_t lo = bits(p[h * T + 2 * i]), hi = 2 * i + 1 < T ? bits(p[h * T + 2 * i + 1]) : 0;
+      pairs[h * P + i] = lo | hi << 16;
+    }
+  const uint16_t* base = reinterpret_cast<const uint16_t*>(latent);
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t c0 = 0; c0 < R; c0 += 64) {
+    __mmask16 m16[4];
+    __mmask32 m32[2];
+    for (int j = 0; j < 4; ++j) m16[j] = tail16(R - c0 - 16 * j);
+    for (int j = 0; j < 2; ++j) {
+      const int64_t left = R - c0 - 32 * j;
+      m32[j] = left >= 32 ? __mmask32(0xffffffffu) : left <= 0 ? __mmask32(0) : __mmask32((1u << left) - 1);
+    }
+    for (int64_t h = 0; h < H4; h += kHeads) {
+      __m512 acc[kHeads][4];
+      for (int a = 0; a < kHeads; ++a)
+        for (int j = 0; j < 4; ++j) acc[a][j] = _mm512_setzero_ps();
+      for (int64_t i = 0; i < P; ++i) {
+        const uint16_t* a = base + rows[2 * i] * ldl + c0;
+        const uint16_t* b = 2 * i + 1 < T ? base + rows[2 * i + 1] * ldl + c0 : nullptr;
+        pair_step<kHeads>(acc, pairs.data() + h * P, P, i, _mm512_maskz_loadu_epi16(m32[0], a),
+                          _mm512_maskz_loadu_epi16(m32[1], a + 32), b ? _mm512_maskz_loadu_epi16(m32[0], b) : zero,
+                          b ? _mm512_maskz_loadu_epi16(m32[1], b + 32) : zero);
+      }
+      for (int a = 0; a < kHeads && h + a < H; ++a) store_pair_sums(acc[a], out + (h + a) * R + c0, m16);
+    }
+  }
+}
+
+template <bool Q16, typename TQ, typename TC>
 void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, const TC* latent, int64_t ldl,
             const TC* k_pe, int64_t ldp, const int64_t* slots, const bool* visible, int64_t K, float scale, TC* out) {
-  const int64_t H4 = (H + kHeads - 1) / kHeads * kHeads, Rp = (R + 15) / 16 * 16, Dp = (Dr + 15) / 16 * 16;
-  std::vector<float> ql(H4 * Rp, 0.0f), qp(H4 * Dp, 0.0f), s(H4 * K), p(H4 * K);
+  constexpr int64_t kPad = Q16 ? 32 : 16;
+  using QT = std::conditional_t<Q16, uint16_t, float>;
+  const int64_t H4 = (H + kHeads - 1) / kHeads * kHeads, Rp = (R + kPad - 1) / kPad * kPad,
+                Dp = (Dr + kPad - 1) / kPad * kPad;
+  std::vector<QT> ql(H4 * Rp, QT(0)), qp(H4 * Dp, QT(0));
   for (int64_t h = 0; h < H; ++h) {
-    for (int64_t c = 0; c < R; ++c) ql[h * Rp + c] = static_cast<float>(q_lat[h * R + c]);
-    for (int64_t c = 0; c < Dr; ++c) qp[h * Dp + c] = static_cast<float>(q_pe[h * Dr + c]);
+    if constexpr (Q16) {
+      for (int64_t c = 0; c < R; ++c) ql[h * Rp + c] = q_lat[h * R + c].x;
+      for (int64_t c = 0; c < Dr; ++c) qp[h * Dp + c] = q_pe[h * Dr + c].x;
+    } else {
+      for (int64_t c = 0; c < R; ++c) ql[h * Rp + c] = static_cast<float>(q_lat[h * R + c]);
+      for (int64_t c = 0; c < Dr; ++c) qp[h * Dp + c] = static_cast<float>(q_pe[h * Dr + c]);
+    }
   }
-  std::vector<int64_t> rows;        // the visible t, in order
+  std::vector<int64_t> rows;        // slots of the visible t, in t order
   rows.reserve(K);
   for (int64_t t = 0; t < K; ++t)
-    if (visible == nullptr || visible[t]) rows.push_back(t);
+    if (visible == nullptr || visible[t]) rows.push_back(slots[t]);
   const int64_t T = static_cast<int64_t>(rows.size());
-  // scores, [H4, T] over the visible rows
-  for (int64_t i = 0; i < T; ++i) {
-    const int64_t slot = slots[rows[i]];
+  std::vector<float> s(H4 * T), p(H4 * T);
+  // scores [H4, T]: tiles of 4 heads x 4 rows, each score one sum over the latent and rope columns
+  for (int64_t i = 0; i < T; i += kRows) {
+    const TC* lat[kRows];
+    const TC* pe[kRows];
+    for (int r = 0; r < kRows; ++r) {   // past the end, repeat the last row (its scores are dropped)
+      const int64_t slot = rows[std::min(i + r, T - 1)];
+      lat[r] = latent + slot * ldl;
+      pe[r] = k_pe + slot * ldp;
+    }
+    const int64_t n = std::min<int64_t>(kRows, T - i);
     for (int64_t h = 0; h < H4; h += kHeads) {
-      float a[kHeads], b[kHeads];
-      dots4(ql.data() + h * Rp, Rp, latent + slot * ldl, R, a);
-      dots4(qp.data() + h * Dp, Dp, k_pe + slot * ldp, Dr, b);
-      for (int j = 0; j < kHeads; ++j) s[(h + j) * T + i] = (a[j] + b[j]) * scale;
+      __m512 acc[16];
+      for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+      score_tile(ql.data() + h * Rp, Rp, lat, R, acc);
+      score_tile(qp.data() + h * Dp, Dp, pe, Dr, acc);
+      alignas(64) float sums[16];
+      _mm512_store_ps(sums, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
+      for (int a = 0; a < kHeads; ++a)
+        for (int64_t r = 0; r < n; ++r) s[(h + a) * T + i + r] = sums[4 * a + r];
     }
   }
   // softmax over each head's T scores: 16 rows per lane group, in t order
@@ -86,30 +188,34 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
     for (int64_t i = 0; i < T; ++i) ph[i] = round_to<TC>(ph[i]);
   }
   for (int64_t h = H; h < H4; ++h) std::fill(p.begin() + h * T, p.begin() + (h + 1) * T, 0.0f);
-  // o_lat: 4 heads x 64 columns of accumulators, over the rows in t order
-  for (int64_t c0 = 0; c0 < R; c0 += 64) {
-    __mmask16 mask[4];
-    for (int j = 0; j < 4; ++j) mask[j] = tail16(R - c0 - 16 * j);
-    for (int64_t h = 0; h < H4; h += kHeads) {
-      __m512 acc[kHeads][4];
+  if constexpr (Q16) {
+    output_pairs(p, rows, H, H4, T, R, latent, ldl, out);
+  } else {
+    // o_lat: 4 heads x 64 columns of accumulators, over the rows in t order
+    for (int64_t c0 = 0; c0 < R; c0 += 64) {
+      __mmask16 mask[4];
+      for (int j = 0; j < 4; ++j) mask[j] = tail16(R - c0 - 16 * j);
+      for (int64_t h = 0; h < H4; h += kHeads) {
+        __m512 acc[kHeads][4];
 #pragma GCC unroll 4
-      for (int i = 0; i < kHeads; ++i)
+        for (int i = 0; i < kHeads; ++i)
 #pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
-      for (int64_t i = 0; i < T; ++i) {
-        const TC* row = latent + slots[rows[i]] * ldl + c0;
-        __m512 v[4];
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < T; ++i) {
+          const TC* row = latent + rows[i] * ldl + c0;
+          __m512 v[4];
 #pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) v[j] = load16(row + 16 * j, mask[j]);
+          for (int j = 0; j < 4; ++j) v[j] = load16(row + 16 * j, mask[j]);
 #pragma GCC unroll 4
-        for (int a = 0; a < kHeads; ++a) {
-          const __m512 w = _mm512_set1_ps(p[(h + a) * T + i]);
+          for (int a = 0; a < kHeads; ++a) {
+            const __m512 w = _mm512_set1_ps(p[(h + a) * T + i]);
 #pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j) acc[a][j] = _mm512_fmadd_ps(w, v[j], acc[a][j]);
+            for (int j = 0; j < 4; ++j) acc[a][j] = _mm512_fmadd_ps(w, v[j], acc[a][j]);
+          }
         }
+        for (int a = 0; a < kHeads && h + a < H; ++a)
+          for (int j = 0; j < 4; ++j) store16(out + (h + a) * R + c0 + 16 * j, acc[a][j], mask[j]);
       }
-      for (int a = 0; a < kHeads && h + a < H; ++a)
-        for (int j = 0; j < 4; ++j) store16(out + (h + a) * R + c0 + 16 * j, acc[a][j], mask[j]);
     }
   }
 }
@@ -144,22 +250,25 @@ at::Tensor latent_attention(const at::Tensor& q_lat, const at::Tensor& q_pe, con
   const at::Tensor ql = q_lat.contiguous(), qp = q_pe.contiguous();
   at::Tensor out = at::empty({B, H, R}, latent.options());
   if (out.numel() == 0) return out;
-  auto each = [&](auto tq, auto tc) {
+  auto each = [&](auto tq, auto tc, auto q16) {
     using TQ = decltype(tq);
     using TC = decltype(tc);
+    constexpr bool Q16 = decltype(q16)::value;
     const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K * (R + Dr) * H));
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        attend<TQ, TC>(ql.data_ptr<TQ>() + b * H * R, qp.data_ptr<TQ>() + b * H * Dr, H, R, Dr, latent.data_ptr<TC>(),
+        attend<Q16, TQ, TC>(ql.data_ptr<TQ>() + b * H * R, qp.data_ptr<TQ>() + b * H * Dr, H, R, Dr, latent.data_ptr<TC>(),
                        latent.stride(0), k_pe.data_ptr<TC>(), k_pe.stride(0), sp + b * K, vp ? vp + b * K : nullptr, K,
                        static_cast<float>(scale), out.data_ptr<TC>() + b * H * R);
     });
   };
   const bool qf = qt == at::kFloat, cf = ct == at::kFloat;
-  if (qf && cf) each(float(), float());
-  else if (qf) each(float(), at::BFloat16());
-  else if (cf) each(at::BFloat16(), float());
-  else each(at::BFloat16(), at::BFloat16());
+  using No = std::false_type;
+  if (qf && cf) each(float(), float(), No());
+  else if (qf) each(float(), at::BFloat16(), No());
+  else if (cf) each(at::BFloat16(), float(), No());
+  else if (bf16_dot_enabled()) each(at::BFloat16(), at::BFloat16(), std::true_type());
+  else each(at::BFloat16(), at::BFloat16(), No());
   return out;
 }
 

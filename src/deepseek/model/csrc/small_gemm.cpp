@@ -123,29 +123,6 @@ void gemm_rows(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, 
 // each 128-bit lane's columns 0-3 in one vector and 4-7 in the other; the final store puts them
 // back in order. Each output is still one fp32 sum over k in a fixed order (pairs in k order), so no
 // row depends on the others; the sums differ from the fma chain's only in rounding order.
-#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
-const bool kBf16Dot = [] {
-  const char* env = std::getenv("DEEPSEEK_BF16_DOT");
-  return __builtin_cpu_supports("avx512bf16") && !(env && std::string(env) == "0");
-}();
-
-// One pair of weight rows (a0, a1: row 2p's two 32-column segments; b0, b1: row 2p + 1's) into the
-// R x 64 accumulators.
-template <int R>
-BF16_TARGET __attribute__((always_inline)) inline void pair_step(__m512 (&acc)[R][kVecs], const uint32_t* xp,
-                                                                 int64_t P, int64_t p, __m512i a0, __m512i a1,
-                                                                 __m512i b0, __m512i b1) {
-  const __m512i w[kVecs] = {_mm512_unpacklo_epi16(a0, b0), _mm512_unpackhi_epi16(a0, b0),
-                            _mm512_unpacklo_epi16(a1, b1), _mm512_unpackhi_epi16(a1, b1)};
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-    const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[r * P + p]));
-#pragma GCC unroll 4
-    for (int j = 0; j < kVecs; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], a, (__m512bh)w[j]);
-  }
-}
-
 // R rows x 64 columns over pairs [p0, p1); `part` holds the raw (lane-ordered) partial sums of each
 // row, ldp floats apart; `last` stores the sums in column order to y instead.
 template <int R, typename TY>
@@ -183,17 +160,8 @@ BF16_TARGET inline void tile_bf16(const uint32_t* xp, int64_t P, int64_t p0, int
       for (int j = 0; j < kVecs; ++j) _mm512_storeu_ps(part + r * ldp + 16 * j, acc[r][j]);
     return;
   }
-  // lo = columns {0-3, 8-11, 16-19, 24-27} of a segment, hi = {4-7, 12-15, 20-23, 28-31}
-  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      const __m512 lo = acc[r][2 * h], hi = acc[r][2 * h + 1];
-      store16(y + r * ldy + 32 * h, _mm512_permutex2var_ps(lo, first, hi), m16[2 * h]);
-      store16(y + r * ldy + 32 * h + 16, _mm512_permutex2var_ps(lo, second, hi), m16[2 * h + 1]);
-    }
+  for (int r = 0; r < R; ++r) store_pair_sums(acc[r], y + r * ldy, m16);
 }
 
 template <typename TY>
@@ -282,7 +250,7 @@ std::vector<float> widen(const Problem& p) {
 template <typename TX, typename TW>
 void run_nn(const Problem& p) {
   if constexpr (std::is_same_v<TX, at::BFloat16> && std::is_same_v<TW, at::BFloat16>) {
-    if (kBf16Dot) {
+    if (bf16_dot_enabled()) {
       const at::BFloat16* x = static_cast<const at::BFloat16*>(p.x);
       const std::vector<uint32_t> xp = bf16_pairs(p.M, p.K, [&](int64_t m, int64_t k) { return x[m * p.ldx + k * p.kx]; });
       gemm_rows_bf16(xp.data(), p.M, p.K, static_cast<const at::BFloat16*>(p.w), p.ldw, static_cast<TX*>(p.y), p.N);
@@ -396,7 +364,7 @@ at::Tensor matmul(const at::Tensor& x, const at::Tensor& w) {
 template <typename T>
 void expert_rows(const float* x, int64_t M, int64_t K, const T* wt, int64_t ldw, T* y, int64_t N) {
   if constexpr (std::is_same_v<T, at::BFloat16>) {
-    if (kBf16Dot) {
+    if (bf16_dot_enabled()) {
       const std::vector<uint32_t> xp = bf16_pairs(M, K, [&](int64_t m, int64_t k) { return x[m * K + k]; });
       gemm_rows_bf16(xp.data(), M, K, wt, ldw, y, N);
       return;
@@ -480,7 +448,7 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& weights, const at:
 }
 
 at::Tensor small_gemm(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt); }
-bool bf16_dot() { return kBf16Dot; }
+bool bf16_dot() { return bf16_dot_enabled(); }
 at::Tensor small_gemm_nt(const at::Tensor& x, const at::Tensor& w) { return matmul<true>(x, w); }
 
 }  // namespace

@@ -4,6 +4,9 @@
 #include <ATen/ATen.h>
 #include <immintrin.h>
 
+#include <cstdlib>
+#include <string>
+
 namespace {
 
 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
@@ -46,6 +49,47 @@ inline __m512 exp16(__m512 x) {
 
 inline __mmask16 tail16(int64_t left) {
   return left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+}
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+inline bool bf16_dot_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("DEEPSEEK_BF16_DOT");
+    return __builtin_cpu_supports("avx512bf16") && !(env && std::string(env) == "0");
+  }();
+  return enabled;
+}
+
+// One pair of weight rows (a0, a1: row 2p's two 32-column segments; b0, b1: row 2p + 1's) into the
+// R x 64 accumulators.
+template <int R>
+BF16_TARGET __attribute__((always_inline)) inline void pair_step(__m512 (&acc)[R][4], const uint32_t* xp,
+                                                                 int64_t P, int64_t p, __m512i a0, __m512i a1,
+                                                                 __m512i b0, __m512i b1) {
+  const __m512i w[4] = {_mm512_unpacklo_epi16(a0, b0), _mm512_unpackhi_epi16(a0, b0),
+                            _mm512_unpacklo_epi16(a1, b1), _mm512_unpackhi_epi16(a1, b1)};
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[r * P + p]));
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], a, (__m512bh)w[j]);
+  }
+}
+
+// The 4 accumulators of one row of a pair tile (64 columns, in lane order: see tile_bf16) stored
+// in column order.
+template <typename TY>
+inline void store_pair_sums(const __m512 (&acc)[4], TY* y, const __mmask16* m16) {
+  // lo = columns {0-3, 8-11, 16-19, 24-27} of a segment, hi = {4-7, 12-15, 20-23, 28-31}
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    const __m512 lo = acc[2 * h], hi = acc[2 * h + 1];
+    store16(y + 32 * h, _mm512_permutex2var_ps(lo, first, hi), m16[2 * h]);
+    store16(y + 32 * h + 16, _mm512_permutex2var_ps(lo, second, hi), m16[2 * h + 1]);
+  }
 }
 
 }  // namespace
