@@ -217,3 +217,23 @@ def test_latent_attention_rejects_bad_operands():
         kernels.latent_attention(q_lat, q_pe, latent[:, :10], k_pe, slots, visible, 0.1)
     with pytest.raises(RuntimeError, match="visible"):
         kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, visible.int(), 0.1)
+
+
+def test_the_hadamard_rotation_and_the_router_run_the_kernel_without_grad(tiny_config):
+    from deepseek.model.indexer import hadamard_matrix, rotate_activation
+    from deepseek.model.moe import MoE
+
+    x = random((6, 3, 128), torch.bfloat16, 30)
+    h = hadamard_matrix(128)
+    with torch.no_grad():
+        native = rotate_activation(x, h, native=True)
+    torch.testing.assert_close(native.float(), rotate_activation(x, h).float(), atol=0, rtol=2 ** -8)
+    moe = MoE(tiny_config)        # (the experts' values do not matter here: only the router runs)
+    torch.nn.init.normal_(moe.gate.weight, generator=torch.Generator().manual_seed(31))
+    assert moe.pack() and moe.gate.native
+    tokens = random((9, tiny_config.hidden_size), torch.float32, 32)
+    with torch.no_grad():
+        weights, ids = moe.gate(tokens)
+    expected_weights, expected_ids = moe.gate(tokens)         # with grad: torch's product
+    assert torch.equal(ids, expected_ids)
+    torch.testing.assert_close(weights, expected_weights.detach(), atol=1e-6, rtol=1e-6)

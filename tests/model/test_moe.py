@@ -167,8 +167,8 @@ def test_the_native_expert_kernel_gives_the_grouped_sum_and_batch_invariant_rows
     moe = fresh_moe(tiny_config, seed=tokens).to(dtype)
     assert moe.pack() and moe.native
     x = torch.randn(tokens, tiny_config.hidden_size, generator=torch.Generator().manual_seed(1)).to(dtype)
-    weights, ids = moe.gate(x)
-    with torch.inference_mode():
+    with torch.inference_mode():     # (the router too: without grad its scores run the kernel)
+        weights, ids = moe.gate(x)
         native = kernels.moe_experts(x, weights, ids, *moe.packed)
         grouped = grouped_experts(x, weights, ids, *moe.packed)
         # Only silu's exp may differ from torch's in the last bit, and rounding after it.

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from . import kernels
 from .config import ModelConfig
 from .fp8 import fake_quantize_activation
 from .layers import LayerNorm, Linear
@@ -39,11 +40,13 @@ def hadamard_matrix(n: int, device: str = "cpu") -> torch.Tensor:
         return (h * n ** -0.5).to(device)
 
 
-def rotate_activation(x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+def rotate_activation(x: torch.Tensor, h: torch.Tensor | None = None, native: bool = False) -> torch.Tensor:
     """Hadamard rotation over the last dim, fp32 compute, cast back (spec §8.2). `h`: the matrix, if
-    the caller holds it already."""
+    the caller holds it already; `native`: through `kernels.matmul` (CPU, no grad)."""
     if h is None:
         h = hadamard_matrix(x.shape[-1], str(x.device))
+    if native and not torch.is_grad_enabled():
+        return kernels.matmul(x.float().reshape(-1, x.shape[-1]), h).view(x.shape).to(x.dtype)
     return (x.float() @ h).to(x.dtype)
 
 
@@ -68,13 +71,16 @@ class Indexer(nn.Module):
         """[N, ..., Di]: half-split RoPE on the first rope_dim dims, Hadamard, FP8 round trip."""
         pe = rotate_half_split(x[..., :self.rope_dim], cos, sin)
         x = torch.cat((pe, x[..., self.rope_dim:]), dim=-1)
-        return fake_quantize_activation(rotate_activation(x, self.hadamard), self.scale_fmt)
+        return fake_quantize_activation(rotate_activation(x, self.hadamard, self.native), self.scale_fmt)
 
-    # Set by `prepare_inference`: the Hadamard matrix, held here so compiled code needs no cache lookup.
+    # Set by `prepare_inference`: the Hadamard matrix, held here so compiled code needs no cache
+    # lookup, and whether the rotation runs the native few-row kernel.
     hadamard: torch.Tensor | None = None
+    native = False
 
     def prepare_inference(self) -> None:
         self.hadamard = hadamard_matrix(self.head_dim, str(self.wk.weight.device))
+        self.native = self.wk.weight.device.type == "cpu" and kernels.available()
 
     def keys(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The cacheable key of every token. x: [N, D] -> [N, Di]. The values are FP8-exact, so

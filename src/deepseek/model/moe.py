@@ -38,9 +38,14 @@ class Gate(nn.Module):
         self.weight = nn.Parameter(torch.empty(e, config.hidden_size, dtype=torch.float32))
         self.e_score_correction_bias = nn.Parameter(torch.zeros(e, dtype=torch.float32))
 
+    native = False      # set by `MoE.pack` on CPU: the scores run the native few-row kernel
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [N, D] -> (weights [N, top_k] fp32, expert ids [N, top_k] int64)."""
-        scores = (x.float() @ self.weight.float().t()).sigmoid()                 # [N, E]
+        if self.native and not torch.is_grad_enabled():
+            scores = kernels.matmul_nt(x.float(), self.weight).sigmoid()         # [N, E]
+        else:
+            scores = (x.float() @ self.weight.float().t()).sigmoid()
         biased = scores + self.e_score_correction_bias.float()
         n, e = biased.shape
         if self.n_group > 1:
@@ -95,6 +100,7 @@ class MoE(nn.Module):
             e.down_proj.weight = nn.Parameter(down[i], requires_grad=False)
         self.packed = (gate_up, down)
         self.native = kernels.usable(gate_up[0])
+        self.gate.native = self.native and self.gate.weight.dtype == torch.float32
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
