@@ -237,3 +237,22 @@ def test_the_hadamard_rotation_and_the_router_run_the_kernel_without_grad(tiny_c
     expected_weights, expected_ids = moe.gate(tokens)         # with grad: torch's product
     assert torch.equal(ids, expected_ids)
     torch.testing.assert_close(weights, expected_weights.detach(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_latent_attention_over_a_long_context_gives_the_same_bits_at_any_thread_count(dtype):
+    """One long sequence splits its rows across threads (scores, softmax chunks, output columns)."""
+    q_lat, q_pe, latent, k_pe, _, _, _ = attention_case(dtype, batch=1, slots=3000, width=1)
+    slots = torch.randperm(3000, generator=torch.Generator().manual_seed(21))[None, :2500]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, None, 0.1)
+        torch.set_num_threads(2)
+        two = kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, None, 0.1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(one.double(), attention_reference(q_lat, q_pe, latent, k_pe, slots, None, 0.1),
+                               atol=tol, rtol=tol)

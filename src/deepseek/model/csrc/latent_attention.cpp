@@ -8,7 +8,9 @@
 // `latent` [S, R] and `k_pe` [S, Dr] are a layer's cache rows as they lie (row strides free), so a
 // decode step needs no gathered copy of every visible row. Rows that are not visible are skipped,
 // never read: a sequence's result is bitwise the same alone, in any batch, with any padding, and
-// wherever its rows lie. Heads are taken 4 at a time, so each cached row is read once per 4 heads.
+// wherever its rows lie, and at any thread count. Heads are taken 4 at a time, so each cached row
+// is read once per 4 heads. With fewer sequences than threads, each one's work is split: scores by
+// rows, the softmax by fixed chunks of rows, the output by columns.
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -25,6 +27,7 @@ namespace {
 
 constexpr int kHeads = 4;     // heads per pass over the rows
 constexpr int kRows = 4;      // cached rows per score tile
+constexpr int64_t kChunk = 1024;   // rows per softmax chunk (the unit threads split it in)
 
 // v[16] -> one vector whose lane j is the sum of v[j]'s lanes: 15 adds and 30 shuffles for all 16
 // (a reduce per vector takes ~8 dependent steps each).
@@ -82,8 +85,33 @@ inline uint16_t bits(float v) {      // v holds a bf16 value: its top half
   return static_cast<uint16_t>(i >> 16);
 }
 
-// One sequence. Bf16 q and cache with AVX512-BF16 (Q16 = true) take pair dot products throughout:
-// the scores sum pairs of columns, and the output sums pairs of rows (probabilities are bf16 there).
+// One 64-column group of output_pairs, every head.
+BF16_TARGET void output_pair_columns(const uint32_t* pairs, int64_t P, const std::vector<int64_t>& rows, int64_t H,
+                                     int64_t H4, int64_t T, int64_t R, const uint16_t* base, int64_t ldl,
+                                     at::BFloat16* out, int64_t c0) {
+  const __m512i zero = _mm512_setzero_si512();
+  __mmask16 m16[4];
+  __mmask32 m32[2];
+  for (int j = 0; j < 4; ++j) m16[j] = tail16(R - c0 - 16 * j);
+  for (int j = 0; j < 2; ++j) {
+    const int64_t left = R - c0 - 32 * j;
+    m32[j] = left >= 32 ? __mmask32(0xffffffffu) : left <= 0 ? __mmask32(0) : __mmask32((1u << left) - 1);
+  }
+  for (int64_t h = 0; h < H4; h += kHeads) {
+    __m512 acc[kHeads][4];
+    for (int a = 0; a < kHeads; ++a)
+      for (int j = 0; j < 4; ++j) acc[a][j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < P; ++i) {
+      const uint16_t* a = base + rows[2 * i] * ldl + c0;
+      const uint16_t* b = 2 * i + 1 < T ? base + rows[2 * i + 1] * ldl + c0 : nullptr;
+      pair_step<kHeads>(acc, pairs + h * P, P, i, _mm512_maskz_loadu_epi16(m32[0], a),
+                        _mm512_maskz_loadu_epi16(m32[1], a + 32), b ? _mm512_maskz_loadu_epi16(m32[0], b) : zero,
+                        b ? _mm512_maskz_loadu_epi16(m32[1], b + 32) : zero);
+    }
+    for (int a = 0; a < kHeads && h + a < H; ++a) store_pair_sums(acc[a], out + (h + a) * R + c0, m16);
+  }
+}
+
 // o_lat with bf16 probabilities and rows: rows t and t + 1 interleaved in registers, as the pair
 // GEMM does with weight rows (vec.h pair_step), the probabilities of each head as pairs.
 BF16_TARGET void output_pairs(const std::vector<float>& p, const std::vector<int64_t>& rows, int64_t H, int64_t H4,
@@ -96,31 +124,13 @@ BF16_TARGET void output_pairs(const std::vector<float>& p, const std::vector<int
       pairs[h * P + i] = lo | hi << 16;
     }
   const uint16_t* base = reinterpret_cast<const uint16_t*>(latent);
-  const __m512i zero = _mm512_setzero_si512();
-  for (int64_t c0 = 0; c0 < R; c0 += 64) {
-    __mmask16 m16[4];
-    __mmask32 m32[2];
-    for (int j = 0; j < 4; ++j) m16[j] = tail16(R - c0 - 16 * j);
-    for (int j = 0; j < 2; ++j) {
-      const int64_t left = R - c0 - 32 * j;
-      m32[j] = left >= 32 ? __mmask32(0xffffffffu) : left <= 0 ? __mmask32(0) : __mmask32((1u << left) - 1);
-    }
-    for (int64_t h = 0; h < H4; h += kHeads) {
-      __m512 acc[kHeads][4];
-      for (int a = 0; a < kHeads; ++a)
-        for (int j = 0; j < 4; ++j) acc[a][j] = _mm512_setzero_ps();
-      for (int64_t i = 0; i < P; ++i) {
-        const uint16_t* a = base + rows[2 * i] * ldl + c0;
-        const uint16_t* b = 2 * i + 1 < T ? base + rows[2 * i + 1] * ldl + c0 : nullptr;
-        pair_step<kHeads>(acc, pairs.data() + h * P, P, i, _mm512_maskz_loadu_epi16(m32[0], a),
-                          _mm512_maskz_loadu_epi16(m32[1], a + 32), b ? _mm512_maskz_loadu_epi16(m32[0], b) : zero,
-                          b ? _mm512_maskz_loadu_epi16(m32[1], b + 32) : zero);
-      }
-      for (int a = 0; a < kHeads && h + a < H; ++a) store_pair_sums(acc[a], out + (h + a) * R + c0, m16);
-    }
-  }
+  at::parallel_for(0, (R + 63) / 64, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) output_pair_columns(pairs.data(), P, rows, H, H4, T, R, base, ldl, out, 64 * g);
+  });
 }
 
+// One sequence. Bf16 q and cache with AVX512-BF16 (Q16 = true) take pair dot products throughout:
+// the scores sum pairs of columns, and the output sums pairs of rows (probabilities are bf16 there).
 template <bool Q16, typename TQ, typename TC>
 void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, const TC* latent, int64_t ldl,
             const TC* k_pe, int64_t ldp, const int64_t* slots, const bool* visible, int64_t K, float scale, TC* out) {
@@ -145,7 +155,8 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
   const int64_t T = static_cast<int64_t>(rows.size());
   std::vector<float> s(H4 * T), p(H4 * T);
   // scores [H4, T]: tiles of 4 heads x 4 rows, each score one sum over the latent and rope columns
-  for (int64_t i = 0; i < T; i += kRows) {
+  at::parallel_for(0, (T + kRows - 1) / kRows, 16, [&](int64_t i0, int64_t i1) {
+  for (int64_t i = i0 * kRows; i < std::min(T, i1 * kRows); i += kRows) {
     const TC* lat[kRows];
     const TC* pe[kRows];
     for (int r = 0; r < kRows; ++r) {   // past the end, repeat the last row (its scores are dropped)
@@ -165,34 +176,57 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
         for (int64_t r = 0; r < n; ++r) s[(h + a) * T + i + r] = sums[4 * a + r];
     }
   }
-  // softmax over each head's T scores: 16 rows per lane group, in t order
+  });
+  // softmax over each head's T scores, in fixed chunks of kChunk rows (16 lanes each, in t order;
+  // the chunks' lane sums are then added in order): the same sums at any thread count
+  const int64_t chunks = (T + kChunk - 1) / kChunk;
+  std::vector<float> top(H), partial(H * chunks * 16);
   for (int64_t h = 0; h < H; ++h) {
-    float* sh = s.data() + h * T;
-    float* ph = p.data() + h * T;
+    const float* sh = s.data() + h * T;
     __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t i = 0; i < T; i += 16)
       mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail16(T - i), sh + i));
-    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t i = 0; i < T; i += 16) {
-      const __mmask16 k = tail16(T - i);
-      const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, sh + i), m));
-      sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
-      _mm512_mask_storeu_ps(ph + i, k, e);
-    }
-    const __m512 total = _mm512_set1_ps(_mm512_reduce_add_ps(sum));
-    for (int64_t i = 0; i < T; i += 16) {
-      const __mmask16 k = tail16(T - i);
-      _mm512_mask_storeu_ps(ph + i, k, _mm512_div_ps(_mm512_maskz_loadu_ps(k, ph + i), total));
-    }
-    for (int64_t i = 0; i < T; ++i) ph[i] = round_to<TC>(ph[i]);
+    top[h] = _mm512_reduce_max_ps(mx);
   }
+  at::parallel_for(0, H * chunks, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t h = j / chunks, end = std::min(T, (j % chunks + 1) * kChunk);
+      const __m512 m = _mm512_set1_ps(top[h]);
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t i = j % chunks * kChunk; i < end; i += 16) {
+        const __mmask16 k = tail16(end - i);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s.data() + h * T + i), m));
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+        _mm512_mask_storeu_ps(p.data() + h * T + i, k, e);
+      }
+      _mm512_storeu_ps(partial.data() + j * 16, sum);
+    }
+  });
+  std::vector<float> total(H);
+  for (int64_t h = 0; h < H; ++h) {
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c) sum = _mm512_add_ps(sum, _mm512_loadu_ps(partial.data() + (h * chunks + c) * 16));
+    total[h] = _mm512_reduce_add_ps(sum);
+  }
+  at::parallel_for(0, H * chunks, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t h = j / chunks, end = std::min(T, (j % chunks + 1) * kChunk);
+      const __m512 d = _mm512_set1_ps(total[h]);
+      float* ph = p.data() + h * T;
+      for (int64_t i = j % chunks * kChunk; i < end; i += 16) {
+        const __mmask16 k = tail16(end - i);
+        _mm512_mask_storeu_ps(ph + i, k, _mm512_div_ps(_mm512_maskz_loadu_ps(k, ph + i), d));
+      }
+      for (int64_t i = j % chunks * kChunk; i < end; ++i) ph[i] = round_to<TC>(ph[i]);
+    }
+  });
   for (int64_t h = H; h < H4; ++h) std::fill(p.begin() + h * T, p.begin() + (h + 1) * T, 0.0f);
   if constexpr (Q16) {
     output_pairs(p, rows, H, H4, T, R, latent, ldl, out);
   } else {
     // o_lat: 4 heads x 64 columns of accumulators, over the rows in t order
-    for (int64_t c0 = 0; c0 < R; c0 += 64) {
+    at::parallel_for(0, (R + 63) / 64, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t c0 = 64 * g0; c0 < std::min(R, 64 * g1); c0 += 64) {
       __mmask16 mask[4];
       for (int j = 0; j < 4; ++j) mask[j] = tail16(R - c0 - 16 * j);
       for (int64_t h = 0; h < H4; h += kHeads) {
@@ -217,6 +251,7 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
           for (int j = 0; j < 4; ++j) store16(out + (h + a) * R + c0 + 16 * j, acc[a][j], mask[j]);
       }
     }
+    });
   }
 }
 
@@ -254,13 +289,16 @@ at::Tensor latent_attention(const at::Tensor& q_lat, const at::Tensor& q_pe, con
     using TQ = decltype(tq);
     using TC = decltype(tc);
     constexpr bool Q16 = decltype(q16)::value;
-    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K * (R + Dr) * H));
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    // Enough sequences: one per thread (their inner loops then run inline); else each sequence's
+    // phases split across threads. Either way the same arithmetic.
+    auto run = [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         attend<Q16, TQ, TC>(ql.data_ptr<TQ>() + b * H * R, qp.data_ptr<TQ>() + b * H * Dr, H, R, Dr, latent.data_ptr<TC>(),
                        latent.stride(0), k_pe.data_ptr<TC>(), k_pe.stride(0), sp + b * K, vp ? vp + b * K : nullptr, K,
                        static_cast<float>(scale), out.data_ptr<TC>() + b * H * R);
-    });
+    };
+    if (B >= at::get_num_threads()) at::parallel_for(0, B, 1, run);
+    else run(0, B);
   };
   const bool qf = qt == at::kFloat, cf = ct == at::kFloat;
   using No = std::false_type;
