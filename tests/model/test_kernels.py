@@ -256,3 +256,13 @@ def test_latent_attention_over_a_long_context_gives_the_same_bits_at_any_thread_
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(one.double(), attention_reference(q_lat, q_pe, latent, k_pe, slots, None, 0.1),
                                atol=tol, rtol=tol)
+
+
+def test_latent_attention_propagates_nan_and_softmax_saturation():
+    q_lat, q_pe, latent, k_pe, slots, visible, _ = attention_case(torch.float32)
+    q_lat[0, 0, 0] = float("nan")
+    q_lat[1] *= 1e4                     # scores ~1e4 apart: one row takes all the weight
+    got = kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, visible, 0.1)
+    assert got[0, 0].isnan().all() and not got[0, 1:].isnan().any()
+    exact = attention_reference(q_lat[1:2], q_pe[1:2], latent, k_pe, slots[1:2], visible[1:2], 0.1)
+    torch.testing.assert_close(got[1:2].double(), exact, atol=1e-5, rtol=1e-5)

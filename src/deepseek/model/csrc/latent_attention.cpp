@@ -76,9 +76,6 @@ BF16_TARGET inline void score_tile(const uint16_t* q, int64_t ldq, const at::BFl
   }
 }
 
-template <typename TC>
-inline float round_to(float v) { return static_cast<float>(static_cast<TC>(v)); }
-
 inline uint16_t bits(float v) {      // v holds a bf16 value: its top half
   uint32_t i;
   std::memcpy(&i, &v, sizeof i);
@@ -215,9 +212,8 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
       float* ph = p.data() + h * T;
       for (int64_t i = j % chunks * kChunk; i < end; i += 16) {
         const __mmask16 k = tail16(end - i);
-        _mm512_mask_storeu_ps(ph + i, k, _mm512_div_ps(_mm512_maskz_loadu_ps(k, ph + i), d));
+        _mm512_mask_storeu_ps(ph + i, k, round_to<TC>(_mm512_div_ps(_mm512_maskz_loadu_ps(k, ph + i), d)));
       }
-      for (int64_t i = j % chunks * kChunk; i < end; ++i) ph[i] = round_to<TC>(ph[i]);
     }
   });
   for (int64_t h = H; h < H4; ++h) std::fill(p.begin() + h * T, p.begin() + (h + 1) * T, 0.0f);

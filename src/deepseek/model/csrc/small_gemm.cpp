@@ -412,18 +412,25 @@ void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& i
           xf[r * D + d] = static_cast<float>(xp[rows[e][r0 + r].first * x.stride(0) + d * x.stride(1)]);
       expert_rows(xf.data(), m, D, gu, gate_up.stride(2), h1.data() + r0 * 2 * I, 2 * I);
     }
+    const __m512 one = _mm512_set1_ps(1.0f);
     for (int64_t r = 0; r < c; ++r)
-      for (int64_t i = 0; i < I; ++i) {
-        const float g = static_cast<float>(h1[r * 2 * I + i]), u = static_cast<float>(h1[r * 2 * I + I + i]);
+      for (int64_t i = 0; i < I; i += 16) {
+        const __mmask16 m = tail16(I - i);
+        const __m512 g = load16(h1.data() + r * 2 * I + i, m), u = load16(h1.data() + r * 2 * I + I + i, m);
+        const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
         // rounded to x's dtype, as `(silu(g) * u).to(x.dtype)` is, then held in fp32 (exact)
-        act[r * I + i] = static_cast<float>(static_cast<T>(g / (1.0f + std::exp(-g)) * u));
+        _mm512_mask_storeu_ps(act.data() + r * I + i, m, round_to<T>(_mm512_mul_ps(silu, u)));
       }
     for (int64_t r0 = 0; r0 < c; r0 += kMaxRows)
       expert_rows(act.data() + r0 * I, std::min<int64_t>(kMaxRows, c - r0), I, dn, down.stride(2), h2.data() + r0 * D, D);
     for (int64_t r = 0; r < c; ++r) {
       float* yr = yp + rows[e][r].first * D;
       const float w = rows[e][r].second;
-      for (int64_t d = 0; d < D; ++d) yr[d] += static_cast<float>(h2[r * D + d]) * w;
+      for (int64_t d = 0; d < D; d += 16) {
+        const __mmask16 m = tail16(D - d);
+        _mm512_mask_storeu_ps(yr + d, m, _mm512_fmadd_ps(load16(h2.data() + r * D + d, m), _mm512_set1_ps(w),
+                                                         _mm512_maskz_loadu_ps(m, yr + d)));
+      }
     }
   }
 }
