@@ -103,8 +103,9 @@ class ModelRunner:
         if not all(n == 1 for n in counts) or any(
                 s.request.sparse and self.model.uses_indexer(s.num_computed + 1) for s in seqs):
             return False
-        # `decode` gathers every visible row; eager `step` reads a lone sequence's rows in place,
-        # which is cheaper at long context. Compiled, `decode` is cheaper for any batch.
+        # Without the native kernels `decode` gathers every visible row, where eager `step` reads a
+        # lone sequence's rows in place (cheaper at long context). Compiled, `decode` is cheaper
+        # for any batch.
         return len(seqs) > 1 or self.compiled
 
     def _constrain(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:

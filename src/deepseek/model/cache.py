@@ -127,10 +127,10 @@ class DecodeRows:
 
     @classmethod
     def from_slot_table(cls, latent, k_pe, index_k, index_sketch, slot_table: torch.Tensor,
-                        positions: torch.Tensor, width: int | None = None) -> "DecodeRows":
-        """slot_table [B, >= max(positions) + 1]: the slot of every position of each sequence.
-        `width`: max(positions) + 1, when the caller knows it (saves reading `positions` back)."""
-        width = width or int(positions.max()) + 1
+                        positions: torch.Tensor) -> "DecodeRows":
+        """slot_table [B, >= max(positions) + 1]: the slot of every position of each sequence. (The
+        engine builds its rows with `PagedKVCache.decode_rows`, in numpy.)"""
+        width = int(positions.max()) + 1
         span = torch.arange(width, device=positions.device)
         write = slot_table.gather(1, positions[:, None]).squeeze(1)
         # Contiguous, so a compiled step sees the same strides at every width (no recompiles).

@@ -1,4 +1,4 @@
-"""Our native kernels: the few-row products of CPU decode steps (`csrc/small_gemm.cpp`).
+"""Our native kernels: the few-row products and the latent attention of CPU decode steps (`csrc/`).
 
 A decode step multiplies a handful of rows (one per running sequence) by every weight matrix and
 by each sequence's cached attention rows. For that shape the BLAS calls torch makes are slow: a
@@ -6,10 +6,11 @@ bf16 GEMM with one row costs about 3x its fp32 twin, and one with 8 rows about 4
 though both read the weight once. `small_gemm` (x @ W) and `small_gemm_nt` (x @ Wᵀ) read each
 matrix once per 4 rows with AVX-512, widening bf16 on the fly, and sum in fp32 in a fixed order, so
 a row's result is the same whatever else shares its batch. bf16 x bf16 products use the CPU's bf16
-pair dot products where it has them (`bf16_dot`).
+pair dot products where it has them (`bf16_dot`). `latent_attention` runs MLA's decode attention
+over the paged cache rows where they lie.
 
 `Linear.prepare_inference`, `MLA.prepare_inference` and the packed MoE experts switch to them. They
-are compiled from source on first use (torch's C++ extension builder, about 15 s, then cached under
+are compiled from source on first use (torch's C++ extension builder, about 20 s, then cached under
 ~/.cache/torch_extensions) on CPUs with AVX-512 and a C++ compiler. Anywhere else, or with
 `DEEPSEEK_KERNELS=0`, `available()` is False and the model keeps to torch's ops.
 """

@@ -16,7 +16,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -63,7 +62,7 @@ inline void score_tile(const float* q, int64_t ldq, const TC* const (&rows)[kRow
 BF16_TARGET inline void score_tile(const uint16_t* q, int64_t ldq, const at::BFloat16* const (&rows)[kRows], int64_t n,
                                    __m512 (&acc)[16]) {
   for (int64_t c = 0; c < n; c += 32) {
-    const __mmask32 m = n - c >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << (n - c)) - 1);
+    const __mmask32 m = tail32(n - c);
     __m512bh v[kRows];
 #pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r) v[r] = (__m512bh)_mm512_maskz_loadu_epi16(m, rows[r] + c);
@@ -76,12 +75,6 @@ BF16_TARGET inline void score_tile(const uint16_t* q, int64_t ldq, const at::BFl
   }
 }
 
-inline uint16_t bits(float v) {      // v holds a bf16 value: its top half
-  uint32_t i;
-  std::memcpy(&i, &v, sizeof i);
-  return static_cast<uint16_t>(i >> 16);
-}
-
 // One 64-column group of output_pairs, every head.
 BF16_TARGET void output_pair_columns(const uint32_t* pairs, int64_t P, const std::vector<int64_t>& rows, int64_t H,
                                      int64_t H4, int64_t T, int64_t R, const uint16_t* base, int64_t ldl,
@@ -90,10 +83,7 @@ BF16_TARGET void output_pair_columns(const uint32_t* pairs, int64_t P, const std
   __mmask16 m16[4];
   __mmask32 m32[2];
   for (int j = 0; j < 4; ++j) m16[j] = tail16(R - c0 - 16 * j);
-  for (int j = 0; j < 2; ++j) {
-    const int64_t left = R - c0 - 32 * j;
-    m32[j] = left >= 32 ? __mmask32(0xffffffffu) : left <= 0 ? __mmask32(0) : __mmask32((1u << left) - 1);
-  }
+  for (int j = 0; j < 2; ++j) m32[j] = tail32(R - c0 - 32 * j);
   for (int64_t h = 0; h < H4; h += kHeads) {
     __m512 acc[kHeads][4];
     for (int a = 0; a < kHeads; ++a)
@@ -114,12 +104,7 @@ BF16_TARGET void output_pair_columns(const uint32_t* pairs, int64_t P, const std
 BF16_TARGET void output_pairs(const std::vector<float>& p, const std::vector<int64_t>& rows, int64_t H, int64_t H4,
                               int64_t T, int64_t R, const at::BFloat16* latent, int64_t ldl, at::BFloat16* out) {
   const int64_t P = (T + 1) / 2;
-  std::vector<uint32_t> pairs(H4 * P);
-  for (int64_t h = 0; h < H4; ++h)
-    for (int64_t i = 0; i < P; ++i) {
-      const uint32_t lo = bits(p[h * T + 2 * i]), hi = 2 * i + 1 < T ? bits(p[h * T + 2 * i + 1]) : 0;
-      pairs[h * P + i] = lo | hi << 16;
-    }
+  const std::vector<uint32_t> pairs = bf16_pairs(H4, T, [&](int64_t h, int64_t i) { return p[h * T + i]; });
   const uint16_t* base = reinterpret_cast<const uint16_t*>(latent);
   at::parallel_for(0, (R + 63) / 64, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) output_pair_columns(pairs.data(), P, rows, H, H4, T, R, base, ldl, out, 64 * g);

@@ -16,9 +16,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -76,10 +73,7 @@ template <typename TW, typename TY>
 void columns(const float* x, int64_t M, int64_t K, int64_t k0, int64_t k1, const TW* wt, int64_t ldw,
              float* part, TY* y, int64_t N, int64_t n0) {
   __mmask16 mask[kVecs];
-  for (int j = 0; j < kVecs; ++j) {
-    int64_t left = N - n0 - 16 * j;
-    mask[j] = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
-  }
+  for (int j = 0; j < kVecs; ++j) mask[j] = tail16(N - n0 - 16 * j);
   auto at = [&](int64_t m) { return std::make_tuple(x + m * K, part + m * N + n0, y + m * N + n0); };
   int64_t m = 0;
   for (; m + kRows <= M; m += kRows) {
@@ -118,7 +112,7 @@ void gemm_rows(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, 
 // bf16 x bf16, where the CPU has AVX512-BF16: vdpbf16ps multiplies pairs of bf16 (exactly, in fp32)
 // and adds both products to an fp32 accumulator, 32 multiply-adds per instruction where an fp32 fma
 // does 16, and without widening the weight first. x is passed as pairs: pair p of row m holds the
-// bits of x[m][2p] (low half) and x[m][2p+1] (high half; 0 past K). The weight keeps its layout:
+// bits of x[m][2p] and x[m][2p+1] (vec.h bf16_pairs). The weight keeps its layout:
 // rows k and k+1 of a 32-column segment are interleaved in registers (vpunpck{l,h}wd), which puts
 // each 128-bit lane's columns 0-3 in one vector and 4-7 in the other; the final store puts them
 // back in order. Each output is still one fp32 sum over k in a fixed order (pairs in k order), so no
@@ -169,14 +163,8 @@ BF16_TARGET void columns_bf16(const uint32_t* xp, int64_t M, int64_t K, int64_t 
                               int64_t ldw, float* part, int64_t ldp, TY* y, int64_t N, int64_t n0) {
   __mmask16 m16[kVecs];
   __mmask32 m32[2];
-  for (int j = 0; j < kVecs; ++j) {
-    const int64_t left = N - n0 - 16 * j;
-    m16[j] = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
-  }
-  for (int h = 0; h < 2; ++h) {
-    const int64_t left = N - n0 - 32 * h;
-    m32[h] = left >= 32 ? __mmask32(0xffffffffu) : left <= 0 ? __mmask32(0) : __mmask32((1u << left) - 1);
-  }
+  for (int j = 0; j < kVecs; ++j) m16[j] = tail16(N - n0 - 16 * j);
+  for (int h = 0; h < 2; ++h) m32[h] = tail32(N - n0 - 32 * h);
   const int64_t P = (K + 1) / 2;
   const bool last = 2 * p1 >= K;
   int64_t m = 0;
@@ -205,26 +193,6 @@ void gemm_rows_bf16(const uint32_t* xp, int64_t M, int64_t K, const at::BFloat16
       for (int64_t t = t0; t < t1; ++t)
         columns_bf16(xp, M, K, p0, std::min(P, p0 + kPairs), w, ldw, part.data(), ldp, y, N, t * kCols);
   });
-}
-
-inline uint16_t bf16_bits(at::BFloat16 v) { return v.x; }
-inline uint16_t bf16_bits(float v) {      // v is a bf16 value held in fp32: its top half is exact
-  uint32_t i;
-  std::memcpy(&i, &v, sizeof i);
-  return static_cast<uint16_t>(i >> 16);
-}
-
-// Rows of bf16 values as the pairs tile_bf16 reads; `at(m, k)` gives x[m][k].
-template <typename F>
-std::vector<uint32_t> bf16_pairs(int64_t M, int64_t K, F at) {
-  const int64_t P = (K + 1) / 2;
-  std::vector<uint32_t> xp(M * P);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t p = 0; p < P; ++p) {
-      const uint32_t lo = bf16_bits(at(m, 2 * p)), hi = 2 * p + 1 < K ? bf16_bits(at(m, 2 * p + 1)) : 0;
-      xp[m * P + p] = lo | hi << 16;
-    }
-  return xp;
 }
 
 // One product of a batch: x [M, K] (strides ldx, kx), the matrix (rows of stride ldw), y [M, N].
@@ -270,7 +238,7 @@ inline void dots(const float* x, int64_t K, const TW* w, int64_t ldw, TY* y, int
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 m = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+    const __mmask16 m = tail16(K - k);
     __m512 b[C];
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) b[c] = load16(w + c * ldw + k, m);

@@ -1,12 +1,15 @@
-// Loads and stores of 16 fp32 lanes from fp32 or bf16 memory, shared by the native kernels.
+// What the native kernels share: loads and stores of 16 fp32 lanes from fp32 or bf16 memory,
+// bf16 rounding, exp, lane masks, and the bf16 pair products (AVX512-BF16).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <immintrin.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -19,14 +22,24 @@ inline __m512 load16(const at::BFloat16* p, __mmask16 m) {   // bf16 -> fp32 is 
 
 inline void store16(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
 
-inline void store16(at::BFloat16* p, __m512 v, __mmask16 m) {
-  // fp32 -> bf16, round to nearest even (at::BFloat16's rounding); NaN stays a quiet NaN.
-  __m512i i = _mm512_castps_si512(v);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(i, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_add_epi32(_mm512_add_epi32(i, _mm512_set1_epi32(0x7fff)), lsb);
-  __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(i, _mm512_set1_epi32(0x400000)));
-  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+// Lanes rounded to T's precision and widened back: bf16 rounds to nearest even
+// (at::BFloat16's rounding), and a NaN stays a quiet NaN.
+template <typename T>
+inline __m512 round_to(__m512 v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    const __m512i i = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(i, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(i, _mm512_set1_epi32(0x7fff)), lsb);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(i, _mm512_set1_epi32(0x400000)));
+    return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+  }
+}
+
+inline void store16(at::BFloat16* p, __m512 v, __mmask16 m) {   // rounded to nearest even
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(round_to<at::BFloat16>(v)), 16)));
 }
 
 // e^x to about 2 ulp; -inf and anything below -104 give 0, past ~88.7 inf, NaN stays NaN. Cephes'
@@ -48,23 +61,34 @@ inline __m512 exp16(__m512 x) {
   return _mm512_maskz_mov_ps(~zero, _mm512_scalef_ps(p, n));
 }
 
-// Lanes rounded to T's precision and widened back: bf16 rounds to nearest even (store16's rule).
-template <typename T>
-inline __m512 round_to(__m512 v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else {
-    const __m512i i = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(i, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(_mm512_add_epi32(i, _mm512_set1_epi32(0x7fff)), lsb);
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(i, _mm512_set1_epi32(0x400000)));
-    return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-  }
-}
-
+// Masks of the first `left` lanes (all, or none, past the ends).
 inline __mmask16 tail16(int64_t left) {
   return left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+}
+
+inline __mmask32 tail32(int64_t left) {
+  return left >= 32 ? __mmask32(0xffffffffu) : left <= 0 ? __mmask32(0) : __mmask32((1u << left) - 1);
+}
+
+inline uint16_t bf16_bits(at::BFloat16 v) { return v.x; }
+inline uint16_t bf16_bits(float v) {      // v is a bf16 value held in fp32: its top half is exact
+  uint32_t i;
+  std::memcpy(&i, &v, sizeof i);
+  return static_cast<uint16_t>(i >> 16);
+}
+
+// Rows of bf16 values as the pair products read them: pair p of row m holds the bits of x[m][2p]
+// (low half) and x[m][2p+1] (high half; 0 past K). `at(m, k)` gives x[m][k].
+template <typename F>
+std::vector<uint32_t> bf16_pairs(int64_t M, int64_t K, F at) {
+  const int64_t P = (K + 1) / 2;
+  std::vector<uint32_t> xp(M * P);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t p = 0; p < P; ++p) {
+      const uint32_t lo = bf16_bits(at(m, 2 * p)), hi = 2 * p + 1 < K ? bf16_bits(at(m, 2 * p + 1)) : 0;
+      xp[m * P + p] = lo | hi << 16;
+    }
+  return xp;
 }
 
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
