@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deepseek.model import kernels
 from deepseek.model.layers import Linear
@@ -98,6 +100,57 @@ def test_a_rows_result_does_not_depend_on_the_other_rows_of_the_call(dtype):
     for rows in (slice(5, 6), slice(0, 3), slice(9, 16), slice(0, 8)):
         assert torch.equal(kernels.matmul(x[rows], wt), full[rows])
         assert torch.equal(kernels.matmul_nt(x[rows], w), full_nt[rows])
+
+
+@pytest.mark.parametrize("wdtype", DTYPES)
+def test_a_float32_result_of_bf16_rows_is_their_unrounded_fp32_sum(wdtype):
+    """The LM head's form (`Linear.fp32`): bf16 rows and a bf16 matrix give fp32 sums of the exact
+    products, with the error of an fp32 sum and no bf16 rounding; fp32 x ignores the option."""
+    x, w = random((9, 256), torch.bfloat16, 30), random((4100, 256), wdtype, 31)
+    exact, bound = reference_bound(x, w)
+    got = kernels.matmul(x, w.t().contiguous(), torch.float32)
+    assert got.dtype == torch.float32 and ((got.double() - exact).abs() <= bound).all()
+    many = random((40, 256), torch.bfloat16, 32)         # past the kernel's rows: torch's fp32 product
+    assert torch.equal(kernels.matmul(many, w.t().contiguous(), torch.float32), many.float() @ w.float().t())
+    layer = Linear(256, 4100, quantized=False, dtype=wdtype)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    layer.weight.requires_grad_(False)
+    layer.prepare_inference()
+    with torch.no_grad():
+        assert torch.equal(layer.fp32(x), got)
+        assert torch.equal(layer.fp32(x.float()), layer(x.float()))
+
+
+def test_threads_split_the_work_without_changing_a_bit():
+    """Columns, batched products and experts go to threads when there is enough work; every
+    output keeps its one order of sums."""
+    cases = []
+    for dtype in DTYPES:
+        x, w = random((32, 256), dtype, 33), random((2000, 256), dtype, 34)
+        xb, wb = random((8, 32, 512), dtype, 35), random((8, 512, 64), dtype, 36)
+        cases += [lambda x=x, w=w: kernels.matmul(x, w.t().contiguous()),
+                  lambda x=x, w=w: kernels.matmul_nt(x, w),
+                  lambda x=x, w=w: kernels.matmul(x, w.t().contiguous(), torch.float32),
+                  lambda xb=xb, wb=wb: kernels.matmul(xb, wb)]
+        gen = torch.Generator().manual_seed(37)
+        gate_up = torch.randn(8, 256, 256, generator=gen).to(dtype).transpose(1, 2)     # [E, 2I, D] column-major
+        down = torch.randn(8, 128, 256, generator=gen).to(dtype).transpose(1, 2)       # [E, D, I]
+        xe = torch.randn(32, 256, generator=gen).to(dtype)
+        ids = torch.stack([torch.randperm(8, generator=gen)[:2] for _ in range(32)])
+        weights = torch.rand(32, 2, generator=gen)
+        cases.append(lambda xe=xe, weights=weights, ids=ids, gate_up=gate_up, down=down:
+                     kernels.moe_experts(xe, weights, ids, gate_up, down))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [case() for case in cases]
+        torch.set_num_threads(2)
+        two = [case() for case in cases]
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
 
 
 def test_batched_and_strided_operands():
@@ -266,3 +319,21 @@ def test_latent_attention_propagates_nan_and_softmax_saturation():
     assert got[0, 0].isnan().all() and not got[0, 1:].isnan().any()
     exact = attention_reference(q_lat[1:2], q_pe[1:2], latent, k_pe, slots[1:2], visible[1:2], 0.1)
     torch.testing.assert_close(got[1:2].double(), exact, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.integers(1, 5), width=st.integers(1, 70),
+       values=st.lists(st.sampled_from([0.0, 1.0, -1.0, 2.5, float("inf"), float("-inf"), float("nan"), -0.0]),
+                       min_size=1, max_size=350), seed=st.integers(0, 2**16))
+def test_argmax_rows_is_torch_argmax_with_ties_infinities_and_nan(rows, width, values, seed):
+    """The greedy pick: the first index of the largest value, a NaN counting as the largest."""
+    x = torch.tensor((values * (rows * width // len(values) + 1))[:rows * width]).view(rows, width)
+    x = x[:, torch.randperm(width, generator=torch.Generator().manual_seed(seed))].contiguous()
+    assert torch.equal(kernels.argmax(x), x.argmax(-1))
+
+
+def test_argmax_rows_of_logits_and_of_a_strided_batch():
+    x = random((32, 4100), torch.float32, 40)
+    assert torch.equal(kernels.argmax(x), x.argmax(-1))
+    assert torch.equal(kernels.argmax(x[::3]), x[::3].argmax(-1))
+    assert torch.equal(kernels.argmax(x.t()), x.t().argmax(-1))        # columns: torch's own

@@ -112,7 +112,9 @@ class ModelRunner:
         if self.num_valid_tokens < logits.shape[1]:
             logits[:, self.num_valid_tokens:] = float("-inf")
         no_eos = [row for row, seq in enumerate(seqs) if seq.params.ignore_eos]
-        if no_eos:
+        if len(no_eos) == len(seqs):
+            logits[:, self.eos] = float("-inf")
+        elif no_eos:
             logits[no_eos, self.eos] = float("-inf")
         for row, seq in enumerate(seqs):
             if seq.grammar_state is not None:

@@ -28,6 +28,8 @@ from typing import Mapping, Sequence, Union
 
 import torch
 
+from deepseek.model import kernels
+
 TOP_LOGPROBS_MAX = 20  # OpenAI's and DeepSeek's limit
 TokenCounts = Union[Mapping[int, int], torch.Tensor]
 
@@ -214,10 +216,10 @@ class Sampler:
         greedy = [i for i, p in enumerate(params) if p.greedy]
         sampled = [i for i, p in enumerate(params) if not p.greedy]
         if not sampled:
-            return _with_logprobs(SampleOutput(penalised.argmax(-1)), logits, params)
+            return _with_logprobs(SampleOutput(kernels.argmax(penalised)), logits, params)
         token_ids = torch.empty(batch, dtype=torch.int64, device=logits.device)
         if greedy:
-            _put(token_ids, greedy, _take(penalised, greedy).argmax(-1))
+            _put(token_ids, greedy, kernels.argmax(_take(penalised, greedy)))
         if sampled:
             drawn = self._sample_rows(_take(penalised, sampled), [params[i] for i in sampled],
                                       [generators[i] for i in sampled])

@@ -29,8 +29,8 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "small_gemm.cpp", CSRC / "latent_attention.cpp"]
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"]
+SOURCES = [CSRC / "small_gemm.cpp", CSRC / "latent_attention.cpp", CSRC / "argmax.cpp"]
+FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"]
 
 
 def _source_digest() -> str:
@@ -67,6 +67,10 @@ def available() -> bool:
     def _(x, wt):
         return x.new_empty(*x.shape[:-1], wt.shape[-1])
 
+    @torch.library.register_fake("deepseek_kernels::small_gemm_fp32")
+    def _(x, wt):
+        return x.new_empty(*x.shape[:-1], wt.shape[-1], dtype=torch.float32)
+
     @torch.library.register_fake("deepseek_kernels::small_gemm_nt")
     def _(x, w):
         return x.new_empty(*x.shape[:-1], w.shape[-2])
@@ -75,6 +79,10 @@ def available() -> bool:
     def _(x, weights, ids, gate_up, down):
         return x.new_empty(x.shape, dtype=torch.float32)
 
+    @torch.library.register_fake("deepseek_kernels::argmax_rows")
+    def _(x):
+        return x.new_empty(x.shape[0], dtype=torch.int64)
+
     @torch.library.register_fake("deepseek_kernels::latent_attention")
     def _(q_lat, q_pe, latent, k_pe, slots, visible, scale):
         return q_lat.new_empty(q_lat.shape, dtype=latent.dtype)
@@ -82,16 +90,22 @@ def available() -> bool:
     return True
 
 
-def small_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def small_linear(x: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """`F.linear(x, weight)` for a CPU `weight` [N, K] held column-major (`layers.column_major`), with
-    x [..., K] of the weight's dtype (float32 or bfloat16). Only after `available()` returned True."""
-    rows = x.reshape(-1, x.shape[-1])
-    return torch.ops.deepseek_kernels.small_gemm(rows, weight.t()).view(*x.shape[:-1], weight.shape[0])
+    x [..., K] of the weight's dtype (float32 or bfloat16). The result has x's dtype, or `out_dtype`
+    float32: bf16 x and weight then give fp32 sums of the exact products, unrounded. Only after
+    `available()` returned True."""
+    return matmul(x.reshape(-1, x.shape[-1]), weight.t(), out_dtype).view(*x.shape[:-1], weight.shape[0])
 
 
-def matmul(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+def matmul(x: torch.Tensor, wt: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """`x @ wt` for x [M, K] / [B, M, K] and wt [K, N] / [B, K, N] whose rows are contiguous, fp32
-    or bf16 alike; the result has x's dtype. Only after `available()` returned True."""
+    or bf16 alike; the result has x's dtype, or `out_dtype` float32. Only after `available()`
+    returned True."""
+    if out_dtype not in (None, x.dtype, torch.float32):
+        raise ValueError(f"small_gemm: the result is in x's dtype or float32, not {out_dtype}")
+    if out_dtype == torch.float32:
+        return torch.ops.deepseek_kernels.small_gemm_fp32(x, wt)
     return torch.ops.deepseek_kernels.small_gemm(x, wt)
 
 
@@ -129,3 +143,12 @@ def usable(weight: torch.Tensor) -> bool:
     """Whether `small_linear` takes this weight: CPU, float32 or bfloat16, column-major, kernel built."""
     return (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
             and weight.dim() == 2 and weight.stride(0) == 1 and available())
+
+
+def argmax(x: torch.Tensor) -> torch.Tensor:
+    """`x.argmax(-1)` for logits [B, V]: the kernel's for CPU fp32 rows where it built (the same
+    indices, NaN and ties included), torch's otherwise."""
+    if x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[1] and x.stride(1) == 1 \
+            and available():
+        return torch.ops.deepseek_kernels.argmax_rows(x)
+    return x.argmax(-1)

@@ -71,6 +71,13 @@ class Linear(nn.Module):
             return kernels.small_linear(x, self.weight)      # fp32 x and a bf16-held weight: fp32 products
         return F.linear(x, self.dequantized_weight(x.dtype))
 
+    def fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """`fp32(x) @ fp32(W)ᵀ`, as the reference computes the LM head. A bf16 x with a bf16-held
+        weight goes to the kernel as is: the products of bf16 values are exact in fp32 either way."""
+        if self.small_gemm and x.dtype == self.weight.dtype == torch.bfloat16 and not torch.is_grad_enabled():
+            return kernels.small_linear(x, self.weight, torch.float32)
+        return self(x.float())
+
     def prepare_inference(self) -> None:
         """On CPU, hold the weight column-major: the same `[out, in]` tensor, with `in` rows of
         `out` values in memory. `x Wᵀ` is then a plain GEMM over a row-major `[in, out]` matrix,

@@ -29,7 +29,7 @@ class SharedHead(nn.Module):
         self.head = Linear(config.hidden_size, config.vocab_size, quantized=False, dtype=torch.float32)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # [N, D] -> [N, V] fp32
-        return self.head(self.norm(z).float())
+        return self.head.fp32(self.norm(z))
 
 
 class MTPLayer(DecoderLayer):

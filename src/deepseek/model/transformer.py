@@ -118,7 +118,7 @@ class Transformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., vocab] fp32."""
-        return self.lm_head(hidden.float())
+        return self.lm_head.fp32(hidden)
 
     def mtp_logits(self, hidden: torch.Tensor, next_tokens: torch.Tensor,
                    batch: ForwardBatch) -> torch.Tensor:

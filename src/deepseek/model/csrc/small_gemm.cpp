@@ -16,6 +16,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <memory>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -27,6 +30,8 @@ namespace {
 constexpr int64_t kMaxRows = 32;
 // Above this many partial sums (128 KB) a block walk would spill them from L2: the k loop runs whole.
 constexpr int64_t kPartLimit = 32768;
+// Multiply-adds (about 2-4 us) below which a parallel region costs more than it saves.
+constexpr int64_t kParallelWork = 131072;
 constexpr int kRows = 4;                  // rows of x per tile
 constexpr int kVecs = 4;                  // 16-float vectors per tile: 64 output columns
 constexpr int64_t kCols = 16 * kVecs;
@@ -37,13 +42,13 @@ constexpr int64_t kCols = 16 * kVecs;
 // chain over k in order.
 template <int R, typename TW, typename TY>
 inline void tile(const float* x, int64_t K, int64_t k0, int64_t k1, const TW* wt, int64_t ldw, float* part,
-                 TY* y, int64_t ldy, const __mmask16* mask) {
+                 int64_t ldp, TY* y, int64_t ldy, const __mmask16* mask) {
   __m512 acc[R][kVecs];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < kVecs; ++j)
-      acc[r][j] = k0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[j], part + r * ldy + 16 * j);
+      acc[r][j] = k0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[j], part + r * ldp + 16 * j);
   for (int64_t k = k0; k < k1; ++k) {
     __m512 w[kVecs];
 #pragma GCC unroll 4
@@ -64,34 +69,36 @@ inline void tile(const float* x, int64_t K, int64_t k0, int64_t k1, const TW* wt
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int j = 0; j < kVecs; ++j) _mm512_mask_storeu_ps(part + r * ldy + 16 * j, mask[j], acc[r][j]);
+      for (int j = 0; j < kVecs; ++j) _mm512_mask_storeu_ps(part + r * ldp + 16 * j, mask[j], acc[r][j]);
   }
 }
 
-// All M rows of one 64-column tile of y, over k in [k0, k1).
+// All M rows of one 64-column tile of y, over k in [k0, k1); `part` is offset to the tile's partial
+// sums, rows ldp floats apart.
 template <typename TW, typename TY>
 void columns(const float* x, int64_t M, int64_t K, int64_t k0, int64_t k1, const TW* wt, int64_t ldw,
-             float* part, TY* y, int64_t N, int64_t n0) {
+             float* part, int64_t ldp, TY* y, int64_t N, int64_t n0) {
   __mmask16 mask[kVecs];
   for (int j = 0; j < kVecs; ++j) mask[j] = tail16(N - n0 - 16 * j);
-  auto at = [&](int64_t m) { return std::make_tuple(x + m * K, part + m * N + n0, y + m * N + n0); };
+  auto at = [&](int64_t m) { return std::make_tuple(x + m * K, part + m * ldp, y + m * N + n0); };
   int64_t m = 0;
   for (; m + kRows <= M; m += kRows) {
     auto [xm, pm, ym] = at(m);
-    tile<kRows>(xm, K, k0, k1, wt + n0, ldw, pm, ym, N, mask);
+    tile<kRows>(xm, K, k0, k1, wt + n0, ldw, pm, ldp, ym, N, mask);
   }
   auto [xm, pm, ym] = at(m);
   switch (M - m) {
-    case 3: tile<3>(xm, K, k0, k1, wt + n0, ldw, pm, ym, N, mask); break;
-    case 2: tile<2>(xm, K, k0, k1, wt + n0, ldw, pm, ym, N, mask); break;
-    case 1: tile<1>(xm, K, k0, k1, wt + n0, ldw, pm, ym, N, mask); break;
+    case 3: tile<3>(xm, K, k0, k1, wt + n0, ldw, pm, ldp, ym, N, mask); break;
+    case 2: tile<2>(xm, K, k0, k1, wt + n0, ldw, pm, ldp, ym, N, mask); break;
+    case 1: tile<1>(xm, K, k0, k1, wt + n0, ldw, pm, ldp, ym, N, mask); break;
     default: break;
   }
 }
 
-// Threads split the output columns; a task of fewer than ~64K multiply-adds is not worth one.
+// Threads split the output columns; a task of fewer than kParallelWork multiply-adds is not worth
+// waking a thread for.
 inline int64_t grain(int64_t M, int64_t K, int64_t cols) {
-  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * cols));
+  return std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, M * K * cols));
 }
 
 // y [M, N] = x [M, K] (fp32, row stride K) @ wt (rows of stride ldw). Threads split the columns.
@@ -101,11 +108,12 @@ inline int64_t grain(int64_t M, int64_t K, int64_t cols) {
 template <typename TW, typename TY>
 void gemm_rows(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t N) {
   const int64_t kBlock = M * N > kPartLimit ? K : 32;
-  std::vector<float> part(K > kBlock ? M * N : 0);
   at::parallel_for(0, (N + kCols - 1) / kCols, grain(M, K, kCols), [&](int64_t t0, int64_t t1) {
+    const int64_t ldp = (t1 - t0) * kCols;
+    const std::unique_ptr<float[]> part(K > kBlock ? new float[M * ldp] : nullptr);   // this thread's
     for (int64_t k0 = 0; k0 < K; k0 += kBlock)
       for (int64_t t = t0; t < t1; ++t)
-        columns(x, M, K, k0, std::min(K, k0 + kBlock), wt, ldw, part.data(), y, N, t * kCols);
+        columns(x, M, K, k0, std::min(K, k0 + kBlock), wt, ldw, part.get() + (t - t0) * kCols, ldp, y, N, t * kCols);
   });
 }
 
@@ -169,9 +177,9 @@ BF16_TARGET void columns_bf16(const uint32_t* xp, int64_t M, int64_t K, int64_t 
   const bool last = 2 * p1 >= K;
   int64_t m = 0;
   for (; m + kRows <= M; m += kRows)
-    tile_bf16<kRows>(xp + m * P, P, p0, p1, K, wt + n0, ldw, part + m * ldp + n0, ldp, y + m * N + n0, N, m32, m16, last);
+    tile_bf16<kRows>(xp + m * P, P, p0, p1, K, wt + n0, ldw, part + m * ldp, ldp, y + m * N + n0, N, m32, m16, last);
   const uint32_t* xm = xp + m * P;
-  float* pm = part + m * ldp + n0;
+  float* pm = part + m * ldp;
   TY* ym = y + m * N + n0;
   switch (M - m) {
     case 3: tile_bf16<3>(xm, P, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
@@ -184,14 +192,16 @@ BF16_TARGET void columns_bf16(const uint32_t* xp, int64_t M, int64_t K, int64_t 
 // gemm_rows with bf16 x (as pairs) and a bf16 matrix; the same walk over blocks of weight rows.
 template <typename TY>
 void gemm_rows_bf16(const uint32_t* xp, int64_t M, int64_t K, const at::BFloat16* wt, int64_t ldw, TY* y, int64_t N) {
-  const int64_t P = (K + 1) / 2, tiles = (N + kCols - 1) / kCols, ldp = tiles * kCols;
+  const int64_t P = (K + 1) / 2, tiles = (N + kCols - 1) / kCols;
   const int64_t kPairs = M * N > kPartLimit ? P : 16;
-  std::vector<float> part(P > kPairs ? M * ldp : 0);
   const uint16_t* w = reinterpret_cast<const uint16_t*>(wt);
   at::parallel_for(0, tiles, grain(M, K, kCols), [&](int64_t t0, int64_t t1) {
+    const int64_t ldp = (t1 - t0) * kCols;
+    const std::unique_ptr<float[]> part(P > kPairs ? new float[M * ldp] : nullptr);   // this thread's
     for (int64_t p0 = 0; p0 < P; p0 += kPairs)
       for (int64_t t = t0; t < t1; ++t)
-        columns_bf16(xp, M, K, p0, std::min(P, p0 + kPairs), w, ldw, part.data(), ldp, y, N, t * kCols);
+        columns_bf16(xp, M, K, p0, std::min(P, p0 + kPairs), w, ldw, part.get() + (t - t0) * kCols, ldp, y, N,
+                     t * kCols);
   });
 }
 
@@ -215,18 +225,18 @@ std::vector<float> widen(const Problem& p) {
   return xf;
 }
 
-template <typename TX, typename TW>
+template <typename TX, typename TW, typename TY>
 void run_nn(const Problem& p) {
   if constexpr (std::is_same_v<TX, at::BFloat16> && std::is_same_v<TW, at::BFloat16>) {
     if (bf16_dot_enabled()) {
       const at::BFloat16* x = static_cast<const at::BFloat16*>(p.x);
       const std::vector<uint32_t> xp = bf16_pairs(p.M, p.K, [&](int64_t m, int64_t k) { return x[m * p.ldx + k * p.kx]; });
-      gemm_rows_bf16(xp.data(), p.M, p.K, static_cast<const at::BFloat16*>(p.w), p.ldw, static_cast<TX*>(p.y), p.N);
+      gemm_rows_bf16(xp.data(), p.M, p.K, static_cast<const at::BFloat16*>(p.w), p.ldw, static_cast<TY*>(p.y), p.N);
       return;
     }
   }
   const std::vector<float> xf = widen<TX>(p);
-  gemm_rows(xf.data(), p.M, p.K, static_cast<const TW*>(p.w), p.ldw, static_cast<TX*>(p.y), p.N);
+  gemm_rows(xf.data(), p.M, p.K, static_cast<const TW*>(p.w), p.ldw, static_cast<TY*>(p.y), p.N);
 }
 
 // R rows x C matrix rows of y = x @ w^T: x fp32 [R, K] (row stride K), w rows of stride ldw.
@@ -267,11 +277,11 @@ inline void dot_rows(const float* x, int64_t M, int64_t K, const TW* w, int64_t 
   }
 }
 
-template <typename TX, typename TW>
+template <typename TX, typename TW, typename TY>
 void run_nt(const Problem& p) {
   const std::vector<float> xf = widen<TX>(p);
   const TW* w = static_cast<const TW*>(p.w);
-  TX* y = static_cast<TX*>(p.y);
+  TY* y = static_cast<TY*>(p.y);
   constexpr int64_t C = 4;
   at::parallel_for(0, (p.N + C - 1) / C, grain(p.M, p.K, C), [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
@@ -287,11 +297,12 @@ void run_nt(const Problem& p) {
   });
 }
 
-template <bool NT, typename TX, typename TW>
-void run(const Problem& p) { NT ? run_nt<TX, TW>(p) : run_nn<TX, TW>(p); }
+template <bool NT, typename TX, typename TW, typename TY>
+void run(const Problem& p) { NT ? run_nt<TX, TW, TY>(p) : run_nn<TX, TW, TY>(p); }
 
+// y = x @ w (NT: x @ w^T) in `out` (x's dtype, or float32).
 template <bool NT>
-at::Tensor matmul(const at::Tensor& x, const at::Tensor& w) {
+at::Tensor matmul(const at::Tensor& x, const at::Tensor& w, std::optional<at::ScalarType> out) {
   const char* name = NT ? "small_gemm_nt" : "small_gemm";
   TORCH_CHECK((x.dim() == 2 || x.dim() == 3) && w.dim() == x.dim(),
               name, ": expected x and the matrix both 2-D or both 3-D, got ", x.sizes(), " and ", w.sizes());
@@ -301,30 +312,41 @@ at::Tensor matmul(const at::Tensor& x, const at::Tensor& w) {
               name, ": shapes ", x.sizes(), " and ", w.sizes(), " do not multiply");
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), name, ": CPU tensors only");
   const auto xt = x.scalar_type(), wt = w.scalar_type();
+  const auto yt = out.value_or(xt);
   TORCH_CHECK((xt == at::kFloat || xt == at::kBFloat16) && (wt == at::kFloat || wt == at::kBFloat16),
               name, ": float32 or bfloat16 tensors only");
-  if (M > kMaxRows || w.stride(-1) != 1 || K == 0) {   // mixed dtypes: in fp32, then x's dtype
-    const auto ct = xt == wt ? xt : at::kFloat;
+  TORCH_CHECK(yt == xt || yt == at::kFloat, name, ": the result is in x's dtype or float32");
+  if (M > kMaxRows || w.stride(-1) != 1 || K == 0) {   // mixed dtypes: in fp32, then the result's
+    const auto ct = xt == wt && yt == xt ? xt : at::kFloat;
     const at::Tensor wm = w.to(ct);
-    return at::matmul(x.to(ct), NT ? wm.transpose(-1, -2) : wm).to(xt);
+    return at::matmul(x.to(ct), NT ? wm.transpose(-1, -2) : wm).to(yt);
   }
   const int64_t batch = batched ? x.size(0) : 1;
-  at::Tensor y = at::empty(batched ? std::vector<int64_t>{batch, M, N} : std::vector<int64_t>{M, N}, x.options());
+  at::Tensor y = at::empty(batched ? std::vector<int64_t>{batch, M, N} : std::vector<int64_t>{M, N},
+                           x.options().dtype(yt));
   if (y.numel() == 0) return y;
   const int64_t xb = batched ? x.stride(0) : 0, wb = batched ? w.stride(0) : 0;
-  auto each = [&](auto tx, auto tw) {
+  auto each = [&](auto tx, auto tw, auto ty) {
     using TX = decltype(tx);
     using TW = decltype(tw);
-    for (int64_t b = 0; b < batch; ++b) {
-      run<NT, TX, TW>(Problem{x.data_ptr<TX>() + b * xb, x.stride(-2), x.stride(-1), w.data_ptr<TW>() + b * wb,
-                              w.stride(-2), y.data_ptr<TX>() + b * M * N, M, K, N});
-    }
+    using TY = decltype(ty);
+    auto one = [&](int64_t b) {
+      run<NT, TX, TW, TY>(Problem{x.data_ptr<TX>() + b * xb, x.stride(-2), x.stride(-1), w.data_ptr<TW>() + b * wb,
+                                  w.stride(-2), y.data_ptr<TY>() + b * M * N, M, K, N});
+    };
+    // Products of a batch run side by side (each then on one thread) once there are enough of them.
+    if (batch >= at::get_num_threads() && batch * M * K * N >= kParallelWork)
+      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) { for (int64_t b = b0; b < b1; ++b) one(b); });
+    else
+      for (int64_t b = 0; b < batch; ++b) one(b);
   };
-  const bool xf = xt == at::kFloat, wf = wt == at::kFloat;
-  if (xf && wf) each(float(), float());
-  else if (xf) each(float(), at::BFloat16());
-  else if (wf) each(at::BFloat16(), float());
-  else each(at::BFloat16(), at::BFloat16());
+  const bool xf = xt == at::kFloat, wf = wt == at::kFloat, yf = yt == at::kFloat;
+  if (xf && wf) each(float(), float(), float());
+  else if (xf) each(float(), at::BFloat16(), float());
+  else if (wf && yf) each(at::BFloat16(), float(), float());
+  else if (wf) each(at::BFloat16(), float(), at::BFloat16());
+  else if (yf) each(at::BFloat16(), at::BFloat16(), float());
+  else each(at::BFloat16(), at::BFloat16(), at::BFloat16());
   return y;
 }
 
@@ -362,16 +384,16 @@ void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& i
       TORCH_CHECK(e >= 0 && e < E, "moe_experts: expert id ", e, " out of range");
       rows[e].emplace_back(n, wp[n * weights.stride(0) + j * weights.stride(1)]);
     }
-  std::vector<float> xf, act;
-  std::vector<T> h1, h2;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t c = static_cast<int64_t>(rows[e].size());
-    if (c == 0) continue;
+  // Each expert's rows, one after another in expert id order: expert e's start at first[e].
+  std::vector<int64_t> first(E + 1, 0);
+  for (int64_t e = 0; e < E; ++e) first[e + 1] = first[e] + static_cast<int64_t>(rows[e].size());
+  std::vector<T> h2(first[E] * D);
+  auto expert = [&](int64_t e) {       // h2 rows of expert e: down(silu(gate) * up)
+    const int64_t c = first[e + 1] - first[e];
     const T* gu = gate_up.data_ptr<T>() + e * gate_up.stride(0);
     const T* dn = down.data_ptr<T>() + e * down.stride(0);
-    h1.resize(c * 2 * I);
-    act.resize(c * I);
-    h2.resize(c * D);
+    std::vector<float> xf, act(c * I);
+    std::vector<T> h1(c * 2 * I);
     for (int64_t r0 = 0; r0 < c; r0 += kMaxRows) {          // blocks of rows; a row's result is the same
       const int64_t m = std::min<int64_t>(kMaxRows, c - r0);
       xf.resize(m * D);
@@ -389,18 +411,44 @@ void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& i
         // rounded to x's dtype, as `(silu(g) * u).to(x.dtype)` is, then held in fp32 (exact)
         _mm512_mask_storeu_ps(act.data() + r * I + i, m, round_to<T>(_mm512_mul_ps(silu, u)));
       }
+    T* h2e = h2.data() + first[e] * D;
     for (int64_t r0 = 0; r0 < c; r0 += kMaxRows)
-      expert_rows(act.data() + r0 * I, std::min<int64_t>(kMaxRows, c - r0), I, dn, down.stride(2), h2.data() + r0 * D, D);
-    for (int64_t r = 0; r < c; ++r) {
+      expert_rows(act.data() + r0 * I, std::min<int64_t>(kMaxRows, c - r0), I, dn, down.stride(2), h2e + r0 * D, D);
+  };
+  // Threads take whole experts (their products then run on one thread each) when each thread's
+  // share is worth a parallel region: the busiest experts first, each to the least loaded thread.
+  const int64_t threads = at::get_num_threads();
+  if (threads > 1 && first[E] * 3 * I * D >= threads * kParallelWork) {
+    std::vector<int64_t> order(E);
+    for (int64_t e = 0; e < E; ++e) order[e] = e;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rows[a].size() > rows[b].size(); });
+    std::vector<std::vector<int64_t>> share(threads);
+    std::vector<int64_t> load(threads, 0);
+    for (int64_t e : order) {
+      if (rows[e].empty()) break;
+      const int64_t t = std::min_element(load.begin(), load.end()) - load.begin();
+      share[t].push_back(e);
+      load[t] += static_cast<int64_t>(rows[e].size());
+    }
+    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        for (int64_t e : share[t]) expert(e);
+    });
+  } else {
+    for (int64_t e = 0; e < E; ++e)
+      if (!rows[e].empty()) expert(e);
+  }
+  // y[token] += h2 row * its routing weight, experts in id order.
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = 0; r < first[e + 1] - first[e]; ++r) {
       float* yr = yp + rows[e][r].first * D;
-      const float w = rows[e][r].second;
+      const T* hr = h2.data() + (first[e] + r) * D;
+      const __m512 w = _mm512_set1_ps(rows[e][r].second);
       for (int64_t d = 0; d < D; d += 16) {
         const __mmask16 m = tail16(D - d);
-        _mm512_mask_storeu_ps(yr + d, m, _mm512_fmadd_ps(load16(h2.data() + r * D + d, m), _mm512_set1_ps(w),
-                                                         _mm512_maskz_loadu_ps(m, yr + d)));
+        _mm512_mask_storeu_ps(yr + d, m, _mm512_fmadd_ps(load16(hr + d, m), w, _mm512_maskz_loadu_ps(m, yr + d)));
       }
     }
-  }
 }
 
 at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& ids,
@@ -422,20 +470,24 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& weights, const at:
   return y;
 }
 
-at::Tensor small_gemm(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt); }
+at::Tensor small_gemm(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt, std::nullopt); }
+at::Tensor small_gemm_fp32(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt, at::kFloat); }
 bool bf16_dot() { return bf16_dot_enabled(); }
-at::Tensor small_gemm_nt(const at::Tensor& x, const at::Tensor& w) { return matmul<true>(x, w); }
+at::Tensor small_gemm_nt(const at::Tensor& x, const at::Tensor& w) { return matmul<true>(x, w, std::nullopt); }
 
 }  // namespace
 
 TORCH_LIBRARY(deepseek_kernels, m) {
+  // (Separate ops, not an optional dtype argument: inductor's C++ wrapper passes no defaults.)
   m.def("small_gemm(Tensor x, Tensor wt) -> Tensor");
+  m.def("small_gemm_fp32(Tensor x, Tensor wt) -> Tensor");
   m.def("small_gemm_nt(Tensor x, Tensor w) -> Tensor");
   m.def("moe_experts(Tensor x, Tensor weights, Tensor ids, Tensor gate_up, Tensor down) -> Tensor");
   m.def("bf16_dot() -> bool", &bf16_dot);
 }
 TORCH_LIBRARY_IMPL(deepseek_kernels, CPU, m) {
   m.impl("small_gemm", &small_gemm);
+  m.impl("small_gemm_fp32", &small_gemm_fp32);
   m.impl("small_gemm_nt", &small_gemm_nt);
   m.impl("moe_experts", &moe_experts);
 }
