@@ -27,6 +27,7 @@ namespace {
 constexpr int kHeads = 4;     // heads per pass over the rows
 constexpr int kRows = 4;      // cached rows per score tile
 constexpr int64_t kChunk = 1024;   // rows per softmax chunk (the unit threads split it in)
+constexpr int64_t kSplitRows = 512;   // a lone sequence's phases split across threads from this many rows
 
 // v[16] -> one vector whose lane j is the sum of v[j]'s lanes: 15 adds and 30 shuffles for all 16
 // (a reduce per vector takes ~8 dependent steps each).
@@ -102,11 +103,12 @@ BF16_TARGET void output_pair_columns(const uint32_t* pairs, int64_t P, const std
 // o_lat with bf16 probabilities and rows: rows t and t + 1 interleaved in registers, as the pair
 // GEMM does with weight rows (vec.h pair_step), the probabilities of each head as pairs.
 BF16_TARGET void output_pairs(const std::vector<float>& p, const std::vector<int64_t>& rows, int64_t H, int64_t H4,
-                              int64_t T, int64_t R, const at::BFloat16* latent, int64_t ldl, at::BFloat16* out) {
+                              int64_t T, int64_t R, const at::BFloat16* latent, int64_t ldl, at::BFloat16* out,
+                              int64_t grain) {
   const int64_t P = (T + 1) / 2;
   const std::vector<uint32_t> pairs = bf16_pairs(H4, T, [&](int64_t h, int64_t i) { return p[h * T + i]; });
   const uint16_t* base = reinterpret_cast<const uint16_t*>(latent);
-  at::parallel_for(0, (R + 63) / 64, 1, [&](int64_t g0, int64_t g1) {
+  at::parallel_for(0, (R + 63) / 64, grain, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) output_pair_columns(pairs.data(), P, rows, H, H4, T, R, base, ldl, out, 64 * g);
   });
 }
@@ -135,9 +137,11 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
   for (int64_t t = 0; t < K; ++t)
     if (visible == nullptr || visible[t]) rows.push_back(slots[t]);
   const int64_t T = static_cast<int64_t>(rows.size());
+  // Threads split the phases of a long context only: a parallel region costs a few microseconds.
+  const int64_t one = T >= kSplitRows ? 1 : std::numeric_limits<int64_t>::max();
   std::vector<float> s(H4 * T), p(H4 * T);
   // scores [H4, T]: tiles of 4 heads x 4 rows, each score one sum over the latent and rope columns
-  at::parallel_for(0, (T + kRows - 1) / kRows, 16, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, (T + kRows - 1) / kRows, T >= kSplitRows ? 16 : one, [&](int64_t i0, int64_t i1) {
   for (int64_t i = i0 * kRows; i < std::min(T, i1 * kRows); i += kRows) {
     const TC* lat[kRows];
     const TC* pe[kRows];
@@ -170,7 +174,7 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
       mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail16(T - i), sh + i));
     top[h] = _mm512_reduce_max_ps(mx);
   }
-  at::parallel_for(0, H * chunks, 1, [&](int64_t j0, int64_t j1) {
+  at::parallel_for(0, H * chunks, one, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t h = j / chunks, end = std::min(T, (j % chunks + 1) * kChunk);
       const __m512 m = _mm512_set1_ps(top[h]);
@@ -190,7 +194,7 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
     for (int64_t c = 0; c < chunks; ++c) sum = _mm512_add_ps(sum, _mm512_loadu_ps(partial.data() + (h * chunks + c) * 16));
     total[h] = _mm512_reduce_add_ps(sum);
   }
-  at::parallel_for(0, H * chunks, 1, [&](int64_t j0, int64_t j1) {
+  at::parallel_for(0, H * chunks, one, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t h = j / chunks, end = std::min(T, (j % chunks + 1) * kChunk);
       const __m512 d = _mm512_set1_ps(total[h]);
@@ -203,10 +207,10 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
   });
   for (int64_t h = H; h < H4; ++h) std::fill(p.begin() + h * T, p.begin() + (h + 1) * T, 0.0f);
   if constexpr (Q16) {
-    output_pairs(p, rows, H, H4, T, R, latent, ldl, out);
+    output_pairs(p, rows, H, H4, T, R, latent, ldl, out, one);
   } else {
     // o_lat: 4 heads x 64 columns of accumulators, over the rows in t order
-    at::parallel_for(0, (R + 63) / 64, 1, [&](int64_t g0, int64_t g1) {
+    at::parallel_for(0, (R + 63) / 64, one, [&](int64_t g0, int64_t g1) {
     for (int64_t c0 = 64 * g0; c0 < std::min(R, 64 * g1); c0 += 64) {
       __mmask16 mask[4];
       for (int j = 0; j < 4; ++j) mask[j] = tail16(R - c0 - 16 * j);
