@@ -167,31 +167,32 @@ BF16_TARGET inline void tile_bf16(const uint32_t* xp, int64_t P, int64_t p0, int
 }
 
 template <typename TY>
-BF16_TARGET void columns_bf16(const uint32_t* xp, int64_t M, int64_t K, int64_t p0, int64_t p1, const uint16_t* wt,
-                              int64_t ldw, float* part, int64_t ldp, TY* y, int64_t N, int64_t n0) {
+BF16_TARGET void columns_bf16(const uint32_t* xp, int64_t ldx, int64_t M, int64_t K, int64_t p0, int64_t p1,
+                              const uint16_t* wt, int64_t ldw, float* part, int64_t ldp, TY* y, int64_t N, int64_t n0) {
   __mmask16 m16[kVecs];
   __mmask32 m32[2];
   for (int j = 0; j < kVecs; ++j) m16[j] = tail16(N - n0 - 16 * j);
   for (int h = 0; h < 2; ++h) m32[h] = tail32(N - n0 - 32 * h);
-  const int64_t P = (K + 1) / 2;
   const bool last = 2 * p1 >= K;
   int64_t m = 0;
   for (; m + kRows <= M; m += kRows)
-    tile_bf16<kRows>(xp + m * P, P, p0, p1, K, wt + n0, ldw, part + m * ldp, ldp, y + m * N + n0, N, m32, m16, last);
-  const uint32_t* xm = xp + m * P;
+    tile_bf16<kRows>(xp + m * ldx, ldx, p0, p1, K, wt + n0, ldw, part + m * ldp, ldp, y + m * N + n0, N, m32, m16, last);
+  const uint32_t* xm = xp + m * ldx;
   float* pm = part + m * ldp;
   TY* ym = y + m * N + n0;
   switch (M - m) {
-    case 3: tile_bf16<3>(xm, P, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
-    case 2: tile_bf16<2>(xm, P, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
-    case 1: tile_bf16<1>(xm, P, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
+    case 3: tile_bf16<3>(xm, ldx, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
+    case 2: tile_bf16<2>(xm, ldx, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
+    case 1: tile_bf16<1>(xm, ldx, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
     default: break;
   }
 }
 
-// gemm_rows with bf16 x (as pairs) and a bf16 matrix; the same walk over blocks of weight rows.
+// gemm_rows with bf16 x (as pairs, rows ldx pairs apart) and a bf16 matrix; the same walk over
+// blocks of weight rows.
 template <typename TY>
-void gemm_rows_bf16(const uint32_t* xp, int64_t M, int64_t K, const at::BFloat16* wt, int64_t ldw, TY* y, int64_t N) {
+void gemm_rows_bf16(const uint32_t* xp, int64_t ldx, int64_t M, int64_t K, const at::BFloat16* wt, int64_t ldw, TY* y,
+                    int64_t N) {
   const int64_t P = (K + 1) / 2, tiles = (N + kCols - 1) / kCols;
   const int64_t kPairs = M * N > kPartLimit ? P : 16;
   const uint16_t* w = reinterpret_cast<const uint16_t*>(wt);
@@ -200,7 +201,7 @@ void gemm_rows_bf16(const uint32_t* xp, int64_t M, int64_t K, const at::BFloat16
     const std::unique_ptr<float[]> part(P > kPairs ? new float[M * ldp] : nullptr);   // this thread's
     for (int64_t p0 = 0; p0 < P; p0 += kPairs)
       for (int64_t t = t0; t < t1; ++t)
-        columns_bf16(xp, M, K, p0, std::min(P, p0 + kPairs), w, ldw, part.get() + (t - t0) * kCols, ldp, y, N,
+        columns_bf16(xp, ldx, M, K, p0, std::min(P, p0 + kPairs), w, ldw, part.get() + (t - t0) * kCols, ldp, y, N,
                      t * kCols);
   });
 }
@@ -230,8 +231,13 @@ void run_nn(const Problem& p) {
   if constexpr (std::is_same_v<TX, at::BFloat16> && std::is_same_v<TW, at::BFloat16>) {
     if (bf16_dot_enabled()) {
       const at::BFloat16* x = static_cast<const at::BFloat16*>(p.x);
+      const auto* w = static_cast<const at::BFloat16*>(p.w);
+      if (p.kx == 1 && p.K % 2 == 0 && p.ldx % 2 == 0) {   // x's rows are already its pairs
+        gemm_rows_bf16(reinterpret_cast<const uint32_t*>(x), p.ldx / 2, p.M, p.K, w, p.ldw, static_cast<TY*>(p.y), p.N);
+        return;
+      }
       const std::vector<uint32_t> xp = bf16_pairs(p.M, p.K, [&](int64_t m, int64_t k) { return x[m * p.ldx + k * p.kx]; });
-      gemm_rows_bf16(xp.data(), p.M, p.K, static_cast<const at::BFloat16*>(p.w), p.ldw, static_cast<TY*>(p.y), p.N);
+      gemm_rows_bf16(xp.data(), (p.K + 1) / 2, p.M, p.K, w, p.ldw, static_cast<TY*>(p.y), p.N);
       return;
     }
   }
@@ -350,17 +356,20 @@ at::Tensor matmul(const at::Tensor& x, const at::Tensor& w, std::optional<at::Sc
   return y;
 }
 
-// y [M, N] = x [M, K] @ wt for the experts: x holds values of T in fp32; bf16 takes the pair path.
+// y [M, N] = x [M, K] @ wt for the experts, all in T (rows of x K apart); bf16 takes the pair path.
 template <typename T>
-void expert_rows(const float* x, int64_t M, int64_t K, const T* wt, int64_t ldw, T* y, int64_t N) {
+void expert_rows(const T* x, int64_t M, int64_t K, const T* wt, int64_t ldw, T* y, int64_t N) {
   if constexpr (std::is_same_v<T, at::BFloat16>) {
-    if (bf16_dot_enabled()) {
-      const std::vector<uint32_t> xp = bf16_pairs(M, K, [&](int64_t m, int64_t k) { return x[m * K + k]; });
-      gemm_rows_bf16(xp.data(), M, K, wt, ldw, y, N);
+    if (bf16_dot_enabled() && K % 2 == 0) {
+      gemm_rows_bf16(reinterpret_cast<const uint32_t*>(x), K / 2, M, K, wt, ldw, y, N);
       return;
     }
+    std::vector<float> xf(M * K);
+    for (int64_t i = 0; i < M * K; ++i) xf[i] = static_cast<float>(x[i]);
+    gemm_rows(xf.data(), M, K, wt, ldw, y, N);
+  } else {
+    gemm_rows(x, M, K, wt, ldw, y, N);
   }
-  gemm_rows(x, M, K, wt, ldw, y, N);
 }
 
 // The routed experts of a MoE layer (model/moe.py `grouped_experts`): for each expert, in id order,
@@ -388,28 +397,26 @@ void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& i
   std::vector<int64_t> first(E + 1, 0);
   for (int64_t e = 0; e < E; ++e) first[e + 1] = first[e] + static_cast<int64_t>(rows[e].size());
   std::vector<T> h2(first[E] * D);
+  const int64_t sx0 = x.stride(0), sx1 = x.stride(1);
   auto expert = [&](int64_t e) {       // h2 rows of expert e: down(silu(gate) * up)
     const int64_t c = first[e + 1] - first[e];
     const T* gu = gate_up.data_ptr<T>() + e * gate_up.stride(0);
     const T* dn = down.data_ptr<T>() + e * down.stride(0);
-    std::vector<float> xf, act(c * I);
-    std::vector<T> h1(c * 2 * I);
-    for (int64_t r0 = 0; r0 < c; r0 += kMaxRows) {          // blocks of rows; a row's result is the same
-      const int64_t m = std::min<int64_t>(kMaxRows, c - r0);
-      xf.resize(m * D);
-      for (int64_t r = 0; r < m; ++r)
-        for (int64_t d = 0; d < D; ++d)
-          xf[r * D + d] = static_cast<float>(xp[rows[e][r0 + r].first * x.stride(0) + d * x.stride(1)]);
-      expert_rows(xf.data(), m, D, gu, gate_up.stride(2), h1.data() + r0 * 2 * I, 2 * I);
+    std::vector<T> xe(c * D), h1(c * 2 * I), act(c * I);
+    for (int64_t r = 0; r < c; ++r) {       // the expert's token rows, contiguous
+      const T* xr = xp + rows[e][r].first * sx0;
+      for (int64_t d = 0; d < D; ++d) xe[r * D + d] = xr[d * sx1];
     }
+    for (int64_t r0 = 0; r0 < c; r0 += kMaxRows)            // blocks of rows; a row's result is the same
+      expert_rows(xe.data() + r0 * D, std::min<int64_t>(kMaxRows, c - r0), D, gu, gate_up.stride(2),
+                  h1.data() + r0 * 2 * I, 2 * I);
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int64_t r = 0; r < c; ++r)
       for (int64_t i = 0; i < I; i += 16) {
         const __mmask16 m = tail16(I - i);
         const __m512 g = load16(h1.data() + r * 2 * I + i, m), u = load16(h1.data() + r * 2 * I + I + i, m);
         const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
-        // rounded to x's dtype, as `(silu(g) * u).to(x.dtype)` is, then held in fp32 (exact)
-        _mm512_mask_storeu_ps(act.data() + r * I + i, m, round_to<T>(_mm512_mul_ps(silu, u)));
+        store16(act.data() + r * I + i, _mm512_mul_ps(silu, u), m);   // rounded to x's dtype, as `.to(x.dtype)` is
       }
     T* h2e = h2.data() + first[e] * D;
     for (int64_t r0 = 0; r0 < c; r0 += kMaxRows)
