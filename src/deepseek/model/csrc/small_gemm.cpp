@@ -95,10 +95,13 @@ void columns(const float* x, int64_t M, int64_t K, int64_t k0, int64_t k1, const
   }
 }
 
-// Threads split the output columns; a task of fewer than kParallelWork multiply-adds is not worth
-// waking a thread for.
-inline int64_t grain(int64_t M, int64_t K, int64_t cols) {
-  return std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, M * K * cols));
+// Threads split the n column groups of a product (`cols` columns each) only when every thread then
+// gets kParallelWork multiply-adds or more: below that, waking a thread costs what it saves.
+template <typename F>
+inline void split_columns(int64_t n, int64_t M, int64_t K, int64_t cols, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, M * K * cols));
+  if (n < 2 * grain) f(int64_t{0}, n);
+  else at::parallel_for(0, n, grain, f);
 }
 
 // y [M, N] = x [M, K] (fp32, row stride K) @ wt (rows of stride ldw). Threads split the columns.
@@ -108,7 +111,7 @@ inline int64_t grain(int64_t M, int64_t K, int64_t cols) {
 template <typename TW, typename TY>
 void gemm_rows(const float* x, int64_t M, int64_t K, const TW* wt, int64_t ldw, TY* y, int64_t N) {
   const int64_t kBlock = M * N > kPartLimit ? K : 32;
-  at::parallel_for(0, (N + kCols - 1) / kCols, grain(M, K, kCols), [&](int64_t t0, int64_t t1) {
+  split_columns((N + kCols - 1) / kCols, M, K, kCols, [&](int64_t t0, int64_t t1) {
     const int64_t ldp = (t1 - t0) * kCols;
     const std::unique_ptr<float[]> part(K > kBlock ? new float[M * ldp] : nullptr);   // this thread's
     for (int64_t k0 = 0; k0 < K; k0 += kBlock)
@@ -196,7 +199,7 @@ void gemm_rows_bf16(const uint32_t* xp, int64_t ldx, int64_t M, int64_t K, const
   const int64_t P = (K + 1) / 2, tiles = (N + kCols - 1) / kCols;
   const int64_t kPairs = M * N > kPartLimit ? P : 16;
   const uint16_t* w = reinterpret_cast<const uint16_t*>(wt);
-  at::parallel_for(0, tiles, grain(M, K, kCols), [&](int64_t t0, int64_t t1) {
+  split_columns(tiles, M, K, kCols, [&](int64_t t0, int64_t t1) {
     const int64_t ldp = (t1 - t0) * kCols;
     const std::unique_ptr<float[]> part(P > kPairs ? new float[M * ldp] : nullptr);   // this thread's
     for (int64_t p0 = 0; p0 < P; p0 += kPairs)
@@ -289,7 +292,7 @@ void run_nt(const Problem& p) {
   const TW* w = static_cast<const TW*>(p.w);
   TY* y = static_cast<TY*>(p.y);
   constexpr int64_t C = 4;
-  at::parallel_for(0, (p.N + C - 1) / C, grain(p.M, p.K, C), [&](int64_t g0, int64_t g1) {
+  split_columns((p.N + C - 1) / C, p.M, p.K, C, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t n = g * C;
       const TW* wn = w + n * p.ldw;
@@ -341,7 +344,7 @@ at::Tensor matmul(const at::Tensor& x, const at::Tensor& w, std::optional<at::Sc
                                   w.stride(-2), y.data_ptr<TY>() + b * M * N, M, K, N});
     };
     // Products of a batch run side by side (each then on one thread) once there are enough of them.
-    if (batch >= at::get_num_threads() && batch * M * K * N >= kParallelWork)
+    if (batch >= at::get_num_threads() && batch * M * K * N >= at::get_num_threads() * kParallelWork)
       at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) { for (int64_t b = b0; b < b1; ++b) one(b); });
     else
       for (int64_t b = 0; b < batch; ++b) one(b);
