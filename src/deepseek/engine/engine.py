@@ -7,6 +7,7 @@ thread-safe; `AsyncEngine` runs it on its own thread for the server, `LLM` drive
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,15 @@ from .detokenizer import IncrementalDetokenizer
 from .request import Request, RequestOutput, Sequence
 from .runner import ModelRunner, Sampled
 from .scheduler import Scheduler, SchedulerConfig
+
+
+def freeze_startup_heap() -> None:
+    """Collect, then move every object alive now (the model, tokenizer, compiled graphs) out of the
+    garbage collector's view, as vLLM does once its engine is up: the collector's full passes then
+    walk only what serving allocates (they were ~4% of a batch-32 decode step here). Call it once,
+    after start-up; objects frozen here are still freed when their last reference goes."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Literal, Sequence as Seq
 
 import torch
 
-from .engine import EngineConfig, LLMEngine
+from .engine import EngineConfig, LLMEngine, freeze_startup_heap
 from .request import Request, SparseStats, TokenLogprob
 from .sampler import SamplingParams
 
@@ -38,6 +38,7 @@ class LLM:
         self.engine = LLMEngine.from_pretrained(model, config, dtype=dtype, **load_kwargs)
         self.attention = attention
         self._ids = itertools.count()
+        freeze_startup_heap()
 
     def encode(self, prompt: str | Seq[int]) -> tuple[int, ...]:
         if isinstance(prompt, str):

@@ -7,7 +7,9 @@ though both read the weight once. `small_gemm` (x @ W) and `small_gemm_nt` (x @ 
 matrix once per 4 rows with AVX-512, widening bf16 on the fly, and sum in fp32 in a fixed order, so
 a row's result is the same whatever else shares its batch. bf16 x bf16 products use the CPU's bf16
 pair dot products where it has them (`bf16_dot`). `latent_attention` runs MLA's decode attention
-over the paged cache rows where they lie.
+over the paged cache rows where they lie, and `argmax` the sampler's greedy pick. They are built
+with OpenMP and share a call's work among torch's threads when it is big enough to pay for waking
+them, without changing the order of any sum.
 
 `Linear.prepare_inference`, `MLA.prepare_inference` and the packed MoE experts switch to them. They
 are compiled from source on first use (torch's C++ extension builder, about 20 s, then cached under

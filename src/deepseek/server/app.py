@@ -65,7 +65,7 @@ def build_state(settings: ServerSettings) -> ServerState:
     import torch
 
     from deepseek.engine.async_engine import AsyncEngine
-    from deepseek.engine.engine import EngineConfig, LLMEngine
+    from deepseek.engine.engine import EngineConfig, LLMEngine, freeze_startup_heap
     from deepseek.engine.grammar import GrammarCompiler
     from deepseek.pricing import DEFAULT_PRICES, load_prices
 
@@ -99,4 +99,5 @@ def build_state(settings: ServerSettings) -> ServerState:
                         rate_limiter=RateLimiter(), concurrency=ConcurrencyLimiter())
     state.metrics = Metrics(async_engine)
     state.idempotency = Idempotency(state.accounts)
+    freeze_startup_heap()
     return state
