@@ -43,8 +43,13 @@ inline __m512 reduce16(const __m512 (&v)[16]) {
 }
 
 // acc[4 * i + r] += q row i (fp32, zero-padded to 16s, stride ldq) . cached row r, over n columns.
+// (Each works on a local copy of acc: the loads may alias it, so the compiler would otherwise store
+// all 16 accumulators back every step.)
 template <typename TC>
-inline void score_tile(const float* q, int64_t ldq, const TC* const (&rows)[kRows], int64_t n, __m512 (&acc)[16]) {
+inline void score_tile(const float* q, int64_t ldq, const TC* const (&rows)[kRows], int64_t n, __m512 (&out)[16]) {
+  __m512 acc[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) acc[j] = out[j];
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 m = tail16(n - c);
     __m512 v[kRows];
@@ -57,11 +62,16 @@ inline void score_tile(const float* q, int64_t ldq, const TC* const (&rows)[kRow
       for (int r = 0; r < kRows; ++r) acc[4 * i + r] = _mm512_fmadd_ps(a, v[r], acc[4 * i + r]);
     }
   }
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) out[j] = acc[j];
 }
 
 // The same with bf16 q (zero-padded to 32s) and bf16 rows: pair dot products, 32 columns a step.
 BF16_TARGET inline void score_tile(const uint16_t* q, int64_t ldq, const at::BFloat16* const (&rows)[kRows], int64_t n,
-                                   __m512 (&acc)[16]) {
+                                   __m512 (&out)[16]) {
+  __m512 acc[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) acc[j] = out[j];
   for (int64_t c = 0; c < n; c += 32) {
     const __mmask32 m = tail32(n - c);
     __m512bh v[kRows];
@@ -74,6 +84,8 @@ BF16_TARGET inline void score_tile(const uint16_t* q, int64_t ldq, const at::BFl
       for (int r = 0; r < kRows; ++r) acc[4 * i + r] = _mm512_dpbf16_ps(acc[4 * i + r], a, v[r]);
     }
   }
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) out[j] = acc[j];
 }
 
 // One 64-column group of output_pairs, every head.
@@ -151,6 +163,12 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
       pe[r] = k_pe + slot * ldp;
     }
     const int64_t n = std::min<int64_t>(kRows, T - i);
+    for (int64_t r = i + kRows; r < std::min(T, i + 2 * kRows); ++r) {   // the next tile's rows, on their way
+      const char* l = reinterpret_cast<const char*>(latent + rows[r] * ldl);
+      const char* e = reinterpret_cast<const char*>(k_pe + rows[r] * ldp);
+      for (int64_t b = 0; b < R * static_cast<int64_t>(sizeof(TC)); b += 64) _mm_prefetch(l + b, _MM_HINT_T0);
+      for (int64_t b = 0; b < Dr * static_cast<int64_t>(sizeof(TC)); b += 64) _mm_prefetch(e + b, _MM_HINT_T0);
+    }
     for (int64_t h = 0; h < H4; h += kHeads) {
       __m512 acc[16];
       for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
