@@ -83,8 +83,9 @@ class ModelRunner:
     def _decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, list[int]]:
         """One new token per sequence, dense, through `decode_logits` (compiled or not): the cache
         indices are built straight from the block tables. Returns `_step`'s (logits, rows)."""
-        starts = np.array([s.num_computed for s in seqs])
-        tokens = torch.from_numpy(np.array([s.token_ids[p] for s, p in zip(seqs, starts)])).to(self.kv.device)
+        computed = [s.num_computed for s in seqs]         # Python ints: numpy scalars index slowly
+        starts = np.array(computed)
+        tokens = torch.from_numpy(np.array([s.token_ids[p] for s, p in zip(seqs, computed)])).to(self.kv.device)
         rows = self.kv.decode_rows([s.table.blocks for s in seqs], starts)
         positions = torch.from_numpy(starts).to(self.kv.device)
         if self.compiled:       # one graph for every batch size >= 2 and context width
@@ -93,7 +94,7 @@ class ModelRunner:
                     torch._dynamo.maybe_mark_dynamic(t, dim)
         logits = self.decode_logits(tokens, positions, rows)
         # A prompt's one-token chunk is a decode-shaped step too, but needs no next token yet.
-        rows = [i for i, (s, p) in enumerate(zip(seqs, starts)) if p + 1 == len(s.token_ids)]
+        rows = [i for i, (s, p) in enumerate(zip(seqs, computed)) if p + 1 == len(s.token_ids)]
         return (logits if len(rows) == len(seqs) else logits[rows]), rows
 
     def _dense_decode(self, seqs: list[Sequence], counts: tuple[int, ...]) -> bool:
