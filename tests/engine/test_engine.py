@@ -228,3 +228,15 @@ def test_offline_interface_is_importable_from_the_package(tiny_checkpoint):
     with pytest.raises(AttributeError):
         import deepseek.engine
         deepseek.engine.NoSuchThing
+
+
+def test_an_llm_leaves_its_start_up_heap_out_of_the_collectors_passes(tiny_checkpoint):
+    """`freeze_startup_heap`: the model and tokenizer are never walked by a full collection."""
+    import gc
+
+    from deepseek.engine import LLM
+
+    gc.unfreeze()
+    llm = LLM(tiny_checkpoint, dtype=torch.float32)
+    assert gc.get_freeze_count() > 0
+    assert not any(gc.is_tracked(o) and o is llm.engine for o in gc.get_objects())   # frozen: not listed
