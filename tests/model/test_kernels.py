@@ -146,6 +146,7 @@ def test_threads_split_the_work_without_changing_a_bit():
         torch.set_num_threads(1)
         one = [case() for case in cases]
         torch.set_num_threads(2)
+        assert torch.ops.deepseek_kernels.parallel_threads() == 2     # the work really is shared
         two = [case() for case in cases]
     finally:
         torch.set_num_threads(threads)

@@ -9,8 +9,8 @@
 // decode step needs no gathered copy of every visible row. Rows that are not visible are skipped,
 // never read: a sequence's result is bitwise the same alone, in any batch, with any padding, and
 // wherever its rows lie, and at any thread count. Heads are taken 4 at a time, so each cached row
-// is read once per 4 heads. With fewer sequences than threads, each one's work is split: scores by
-// rows, the softmax by fixed chunks of rows, the output by columns.
+// is read once per 4 heads. With fewer sequences than threads, a long one's work is split: scores
+// by rows, the softmax by fixed chunks of rows, the output by columns.
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -150,10 +150,11 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
     if (visible == nullptr || visible[t]) rows.push_back(slots[t]);
   const int64_t T = static_cast<int64_t>(rows.size());
   // Threads split the phases of a long context only: a parallel region costs a few microseconds.
-  const int64_t one = T >= kSplitRows ? 1 : std::numeric_limits<int64_t>::max();
+  const bool split = T >= kSplitRows;
+  auto grain = [split](int64_t g) { return split ? g : std::numeric_limits<int64_t>::max(); };
   std::vector<float> s(H4 * T), p(H4 * T);
   // scores [H4, T]: tiles of 4 heads x 4 rows, each score one sum over the latent and rope columns
-  at::parallel_for(0, (T + kRows - 1) / kRows, T >= kSplitRows ? 16 : one, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, (T + kRows - 1) / kRows, grain(16), [&](int64_t i0, int64_t i1) {
   for (int64_t i = i0 * kRows; i < std::min(T, i1 * kRows); i += kRows) {
     const TC* lat[kRows];
     const TC* pe[kRows];
@@ -192,7 +193,7 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
       mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail16(T - i), sh + i));
     top[h] = _mm512_reduce_max_ps(mx);
   }
-  at::parallel_for(0, H * chunks, one, [&](int64_t j0, int64_t j1) {
+  at::parallel_for(0, H * chunks, grain(1), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t h = j / chunks, end = std::min(T, (j % chunks + 1) * kChunk);
       const __m512 m = _mm512_set1_ps(top[h]);
@@ -212,7 +213,7 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
     for (int64_t c = 0; c < chunks; ++c) sum = _mm512_add_ps(sum, _mm512_loadu_ps(partial.data() + (h * chunks + c) * 16));
     total[h] = _mm512_reduce_add_ps(sum);
   }
-  at::parallel_for(0, H * chunks, one, [&](int64_t j0, int64_t j1) {
+  at::parallel_for(0, H * chunks, grain(1), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t h = j / chunks, end = std::min(T, (j % chunks + 1) * kChunk);
       const __m512 d = _mm512_set1_ps(total[h]);
@@ -225,10 +226,10 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
   });
   for (int64_t h = H; h < H4; ++h) std::fill(p.begin() + h * T, p.begin() + (h + 1) * T, 0.0f);
   if constexpr (Q16) {
-    output_pairs(p, rows, H, H4, T, R, latent, ldl, out, one);
+    output_pairs(p, rows, H, H4, T, R, latent, ldl, out, grain(1));
   } else {
     // o_lat: 4 heads x 64 columns of accumulators, over the rows in t order
-    at::parallel_for(0, (R + 63) / 64, one, [&](int64_t g0, int64_t g1) {
+    at::parallel_for(0, (R + 63) / 64, grain(1), [&](int64_t g0, int64_t g1) {
     for (int64_t c0 = 64 * g0; c0 < std::min(R, 64 * g1); c0 += 64) {
       __mmask16 mask[4];
       for (int j = 0; j < 4; ++j) mask[j] = tail16(R - c0 - 16 * j);

@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <tuple>
@@ -483,6 +484,12 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& weights, const at:
 at::Tensor small_gemm(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt, std::nullopt); }
 at::Tensor small_gemm_fp32(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt, at::kFloat); }
 bool bf16_dot() { return bf16_dot_enabled(); }
+// How many threads a parallel region of these kernels really runs on (1 if the build has no OpenMP).
+int64_t parallel_threads() {
+  std::atomic<uint64_t> seen{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) { seen |= uint64_t{1} << (at::get_thread_num() % 64); });
+  return __builtin_popcountll(seen.load());
+}
 at::Tensor small_gemm_nt(const at::Tensor& x, const at::Tensor& w) { return matmul<true>(x, w, std::nullopt); }
 
 }  // namespace
@@ -494,6 +501,7 @@ TORCH_LIBRARY(deepseek_kernels, m) {
   m.def("small_gemm_nt(Tensor x, Tensor w) -> Tensor");
   m.def("moe_experts(Tensor x, Tensor weights, Tensor ids, Tensor gate_up, Tensor down) -> Tensor");
   m.def("bf16_dot() -> bool", &bf16_dot);
+  m.def("parallel_threads() -> int", &parallel_threads);
 }
 TORCH_LIBRARY_IMPL(deepseek_kernels, CPU, m) {
   m.impl("small_gemm", &small_gemm);
