@@ -218,6 +218,80 @@ def test_an_fp32_weight_with_bf16_values_is_held_as_bf16_with_the_same_products(
     assert torch.equal(exact.weight.float(), fp32_weight)
 
 
+needs_pairs = pytest.mark.skipif(not kernels.bf16_dot(), reason="no AVX512-BF16 pair products here")
+
+
+@needs_pairs
+@pytest.mark.parametrize("m, k, n", [(1, 256, 576), (4, 64, 64), (7, 100, 96), (13, 17, 48), (32, 130, 4096),
+                                     (33, 64, 32), (150, 256, 16)])
+def test_a_packed_matrix_gives_the_pair_paths_sums_for_any_number_of_rows(m, k, n):
+    """`pack` + `packed_matmul`: within an fp32 sum of the exact products, bf16 results the fp32
+    ones rounded, and, where the unpacked pair path runs (up to 32 rows), its bits exactly."""
+    x, w = random((m, k), torch.bfloat16, 40), random((n, k), torch.bfloat16, 41)
+    wp = kernels.pack(w.t())
+    assert wp.shape == (n // next(c for c in (64, 32, 16) if n % c == 0), (k + 1) // 2, wp.shape[2], 2)
+    fp32 = kernels.packed_matmul(x, wp, torch.float32)
+    exact, bound = reference_bound(x, w)
+    assert fp32.dtype == torch.float32 and ((fp32.double() - exact).abs() <= bound).all()
+    assert torch.equal(kernels.packed_matmul(x, wp), fp32.bfloat16())
+    if m <= 32:
+        assert torch.equal(fp32, kernels.matmul(x, w.t().contiguous(), torch.float32))
+    for rows in (slice(0, 1), slice(m // 2, m), slice(1, None, 3)):    # strided rows go as copied pairs
+        assert torch.equal(kernels.packed_matmul(x[rows], wp, torch.float32), fp32[rows])
+
+
+@needs_pairs
+def test_packed_batched_products_threads_and_experts_keep_every_bit():
+    xb, wb = random((3, 5, 64), torch.bfloat16, 42).transpose(0, 1), random((5, 64, 32), torch.bfloat16, 43)
+    got = kernels.packed_matmul(xb, kernels.pack(wb))                 # [5, 3, 32] from strided rows
+    assert torch.equal(got, torch.stack([kernels.matmul(xb[i], wb[i]) for i in range(5)]))
+    gen = torch.Generator().manual_seed(44)
+    gate_up = torch.randn(8, 256, 256, generator=gen).bfloat16().transpose(1, 2)     # [E, 2I, D] column-major
+    down = torch.randn(8, 128, 256, generator=gen).bfloat16().transpose(1, 2)       # [E, D, I]
+    xe = torch.randn(40, 256, generator=gen).bfloat16()
+    ids = torch.stack([torch.randperm(8, generator=gen)[:2] for _ in range(40)])
+    weights = torch.rand(40, 2, generator=gen)
+    packed = kernels.pack(gate_up.transpose(1, 2)), kernels.pack(down.transpose(1, 2))
+    expected = kernels.moe_experts(xe, weights, ids, gate_up, down)
+    x, w = random((32, 256), torch.bfloat16, 45), random((2000, 256), torch.bfloat16, 46)
+    wp = kernels.pack(w.t())
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.equal(kernels.moe_experts(xe, weights, ids, *packed), expected)
+            assert torch.equal(kernels.packed_matmul(x, wp), kernels.matmul(x, w.t().contiguous()))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_pairs
+def test_packed_operands_are_checked():
+    wp = kernels.pack(random((64, 48), torch.bfloat16, 47))
+    with pytest.raises(RuntimeError, match="64 columns; the packed matrix 62 rows"):
+        kernels.packed_matmul(random((2, 64), torch.bfloat16, 48), kernels.pack(random((62, 48), torch.bfloat16, 49)))
+    with pytest.raises(RuntimeError, match="bf16 CPU tensors"):
+        kernels.packed_matmul(torch.ones(2, 64), wp)
+    with pytest.raises(RuntimeError, match="or both batched"):
+        kernels.packed_matmul(torch.ones(1, 2, 64, dtype=torch.bfloat16), wp)
+    assert kernels.pack(torch.ones(64, 40, dtype=torch.bfloat16)) is None       # 40 columns: no whole tile
+    assert kernels.pack(torch.ones(64, 48)) is None                              # fp32
+
+
+@needs_pairs
+def test_a_prepared_bf16_linear_holds_its_weight_packed_too():
+    layer = Linear(255, 320, dtype=torch.bfloat16)
+    torch.nn.init.normal_(layer.weight)
+    layer.weight.requires_grad_(False)
+    layer.prepare_inference()
+    assert layer.pairs is not None
+    x = random((2, 40, 255), torch.bfloat16, 50)           # 80 rows: past the unpacked kernel's 32
+    with torch.no_grad():
+        assert torch.equal(layer(x), kernels.packed_matmul(x.view(80, 255), layer.pairs).view(2, 40, 320))
+        assert torch.equal(layer.fp32(x[0, :3]), kernels.matmul(x[0, :3], layer.weight.t(), torch.float32))
+        torch.testing.assert_close(layer(x).float(), F.linear(x, layer.weight).float(), atol=0.05, rtol=0.02)
+
+
 def attention_reference(q_lat, q_pe, latent, k_pe, slots, visible, scale):
     """latent_attention in float64 over gathered rows."""
     c, pe = latent[slots].double(), k_pe[slots].double()

@@ -77,6 +77,14 @@ def available() -> bool:
     def _(x, w):
         return x.new_empty(*x.shape[:-1], w.shape[-2])
 
+    @torch.library.register_fake("deepseek_kernels::packed_gemm")
+    def _(x, wp):
+        return x.new_empty(*x.shape[:-1], wp.shape[-4] * wp.shape[-2])
+
+    @torch.library.register_fake("deepseek_kernels::packed_gemm_fp32")
+    def _(x, wp):
+        return x.new_empty(*x.shape[:-1], wp.shape[-4] * wp.shape[-2], dtype=torch.float32)
+
     @torch.library.register_fake("deepseek_kernels::moe_experts")
     def _(x, weights, ids, gate_up, down):
         return x.new_empty(x.shape, dtype=torch.float32)
@@ -100,6 +108,12 @@ def small_linear(x: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype |
     return matmul(x.reshape(-1, x.shape[-1]), weight.t(), out_dtype).view(*x.shape[:-1], weight.shape[0])
 
 
+def packed_linear(x: torch.Tensor, pairs: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`small_linear` for bf16 x [..., K] with the weight as `pack(weight.t())`."""
+    y = packed_matmul(x.reshape(-1, x.shape[-1]), pairs, out_dtype)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
 def matmul(x: torch.Tensor, wt: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """`x @ wt` for x [M, K] / [B, M, K] and wt [K, N] / [B, K, N] whose rows are contiguous, fp32
     or bf16 alike; the result has x's dtype, or `out_dtype` float32. Only after `available()`
@@ -109,6 +123,34 @@ def matmul(x: torch.Tensor, wt: torch.Tensor, out_dtype: torch.dtype | None = No
     if out_dtype == torch.float32:
         return torch.ops.deepseek_kernels.small_gemm_fp32(x, wt)
     return torch.ops.deepseek_kernels.small_gemm(x, wt)
+
+
+def pack(wt: torch.Tensor) -> torch.Tensor | None:
+    """`wt` [..., K, N] (bf16, e.g. a Linear weight's `.t()`) laid out for `packed_matmul`: tiles of W
+    columns (64, 32 or 16, whichever divides N first), each a contiguous block of row pairs
+    [..., N/W, ceil(K/2), W, 2] in which element [t, p, c, j] is wt[2p + j, tW + c] (0 past K).
+    None where the kernel cannot use it: no bf16 pair products here, another dtype or device, or N
+    not a multiple of 16."""
+    k, n = wt.shape[-2:]
+    if not (bf16_dot() and wt.dtype == torch.bfloat16 and wt.device.type == "cpu" and n and n % 16 == 0):
+        return None
+    w = next(w for w in (64, 32, 16) if n % w == 0)
+    if k % 2:
+        wt = torch.cat((wt, wt.new_zeros(*wt.shape[:-2], 1, n)), dim=-2)
+    lead = wt.shape[:-2]
+    tiles = wt.reshape(*lead, (k + 1) // 2, 2, n // w, w).movedim(-2, -4).movedim(-2, -1)
+    return tiles.contiguous()
+
+
+def packed_matmul(x: torch.Tensor, wp: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`x @ wt` for bf16 x [M, K] / [B, M, K] (any number of rows) and `wp = pack(wt)`; the result in
+    bf16, or `out_dtype` float32 (the exact products' fp32 sums, unrounded). The sums are those of
+    `matmul`'s pair path for the same operands, bit for bit."""
+    if out_dtype == torch.float32:
+        return torch.ops.deepseek_kernels.packed_gemm_fp32(x, wp)
+    if out_dtype not in (None, torch.bfloat16):
+        raise ValueError(f"packed_gemm: the result is in bfloat16 or float32, not {out_dtype}")
+    return torch.ops.deepseek_kernels.packed_gemm(x, wp)
 
 
 def matmul_nt(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -121,7 +163,8 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_
                 down: torch.Tensor) -> torch.Tensor:
     """The routed experts' weighted sum, `moe.grouped_experts`' arithmetic in one native call:
     x [N, D]; weights [N, k] fp32 and ids [N, k] from the router; the packed, column-major
-    gate_up [E, 2I, D] and down [E, D, I] in x's dtype -> [N, D] fp32."""
+    gate_up [E, 2I, D] and down [E, D, I] in x's dtype, or (bf16 x) `pack(gate_up.transpose(1, 2))`
+    and `pack(down.transpose(1, 2))` for the pair products -> [N, D] fp32."""
     return torch.ops.deepseek_kernels.moe_experts(x, weights, ids, gate_up, down)
 
 

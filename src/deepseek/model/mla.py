@@ -197,6 +197,8 @@ class MLA(nn.Module):
         w_uk, w_uv = self.frozen_absorbed or self._absorbed_weights(q_nope.dtype)  # [H,Dn,R], [H,R,Dv]
         native = self.native_kernels and not torch.is_grad_enabled()
         mm = kernels.matmul if native else torch.matmul
+        if native and self.frozen_pairs is not None and q_nope.dtype == torch.bfloat16:
+            (w_uk, w_uv), mm = self.frozen_pairs, kernels.packed_matmul
         q_lat = mm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)                  # [B,H,R]
         if native:   # every decode form runs one kernel: a sequence's result is the same in any of them
             if slots is None:
@@ -216,13 +218,18 @@ class MLA(nn.Module):
 
     # Set by `prepare_inference` when the weights will not change again: read with no checks.
     frozen_absorbed: tuple[torch.Tensor, torch.Tensor] | None = None
-    # Set by `prepare_inference` on CPU where `kernels` built: no-grad decode products use them.
+    # Set by `prepare_inference` on CPU where `kernels` built: no-grad decode products use them,
+    # and bf16 ones the frozen absorbed weights packed for the pair products (`kernels.pack`).
     native_kernels = False
+    frozen_pairs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def prepare_inference(self, dtype: torch.dtype) -> None:
         if self.kv_b_proj.weight.dtype != torch.float8_e4m3fn:
             self.frozen_absorbed = self._absorbed_weights(dtype)
         self.native_kernels = self.kv_b_proj.weight.device.type == "cpu" and kernels.available()
+        if self.native_kernels and self.frozen_absorbed is not None:
+            pairs = tuple(kernels.pack(w) for w in self.frozen_absorbed)
+            self.frozen_pairs = pairs if None not in pairs else None
         if self.indexer is not None:
             self.indexer.prepare_inference()
 

@@ -79,6 +79,7 @@ class MoE(nn.Module):
 
     packed: tuple[torch.Tensor, torch.Tensor] | None = None     # (gate_up, down), set by `pack`
     native = False      # set by `pack`: small batches run `kernels.moe_experts`
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None      # the same, packed for bf16 pair products
 
     def pack(self) -> bool:
         """Restack the routed experts as `[E, 2I, D]` (gate rows, then up rows) and `[E, D, I]`, and
@@ -100,6 +101,9 @@ class MoE(nn.Module):
             e.down_proj.weight = nn.Parameter(down[i], requires_grad=False)
         self.packed = (gate_up, down)
         self.native = kernels.usable(gate_up[0])
+        if self.native and inter % 2 == 0:     # bf16 pair products: each expert's matrices packed for them
+            pairs = kernels.pack(gate_up.transpose(1, 2)), kernels.pack(down.transpose(1, 2))
+            self.pairs = pairs if None not in pairs else None
         self.gate.native = self.native and self.gate.weight.dtype == torch.float32
         return True
 
@@ -109,7 +113,8 @@ class MoE(nn.Module):
         if self.packed is None:
             y = self._looped(x, weights, ids)
         elif self.native and x.shape[0] <= NATIVE_MAX_TOKENS and not torch.is_grad_enabled():
-            y = kernels.moe_experts(x, weights, ids, *self.packed)
+            y = kernels.moe_experts(x, weights, ids, *(self.pairs if self.pairs and x.dtype == torch.bfloat16
+                                                       else self.packed))
         else:
             y = grouped_experts(x, weights, ids, *self.packed)
         if self.shared_experts is not None:

@@ -210,6 +210,123 @@ void gemm_rows_bf16(const uint32_t* xp, int64_t ldx, int64_t M, int64_t K, const
   });
 }
 
+// Packed bf16 matrices (kernels.pack): wt [K, N] held for the pair products as [T, P, W, 2], where
+// W (64, 32 or 16) divides N into T tiles of W columns, P = ceil(K / 2), and element [t][p][c][j] is
+// wt[2p + j][tW + c] (0 past K). A tile is one block of memory read front to back, and one pair row
+// of it (2W values, W/16 vectors) is what vdpbf16ps takes with a broadcast pair of x: no shuffles,
+// and the sums come out in column order. Each output is the same sum as in tile_bf16 (pairs in k
+// order, from 0), so the bits are those of the unpacked pair path. Any number of rows.
+constexpr int64_t kRowBlock = 64;         // rows of x per walk over the tiles (stays in L2)
+
+// R rows x 16V columns of y over all P pairs of one tile w.
+template <int R, int V, typename TY>
+BF16_TARGET inline void packed_tile(const uint32_t* xp, int64_t ldx, int64_t P, const uint16_t* w, TY* y, int64_t ldy) {
+  __m512 acc[R][V];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < V; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < P; ++p) {
+    __m512bh wv[V];
+#pragma GCC unroll 4
+    for (int j = 0; j < V; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + (p * V + j) * 32);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[r * ldx + p]));
+#pragma GCC unroll 4
+      for (int j = 0; j < V; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], a, wv[j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < V; ++j) store16(y + r * ldy + 16 * j, acc[r][j], __mmask16(0xffff));
+}
+
+template <int V, typename TY>
+BF16_TARGET void packed_rows(const uint32_t* xp, int64_t ldx, int64_t M, int64_t P, const uint16_t* w, TY* y, int64_t ldy) {
+  int64_t m = 0;
+  for (; m + kRows <= M; m += kRows) packed_tile<kRows, V>(xp + m * ldx, ldx, P, w, y + m * ldy, ldy);
+  switch (M - m) {
+    case 3: packed_tile<3, V>(xp + m * ldx, ldx, P, w, y + m * ldy, ldy); break;
+    case 2: packed_tile<2, V>(xp + m * ldx, ldx, P, w, y + m * ldy, ldy); break;
+    case 1: packed_tile<1, V>(xp + m * ldx, ldx, P, w, y + m * ldy, ldy); break;
+    default: break;
+  }
+}
+
+// y [M, N] = x @ wt: x as pairs (rows ldx pairs apart), wp the packed [T, P, W, 2]. Threads split the
+// tiles; each walks its tiles once per block of kRowBlock rows.
+template <typename TY>
+void packed_product(const uint32_t* xp, int64_t ldx, int64_t M, int64_t P, const uint16_t* wp, int64_t T, int64_t W,
+                    TY* y, int64_t N) {
+  split_columns(T, M, 2 * P, W, [&](int64_t t0, int64_t t1) {
+    for (int64_t m0 = 0; m0 < M; m0 += kRowBlock)
+      for (int64_t t = t0; t < t1; ++t) {
+        const uint16_t* w = wp + t * P * 2 * W;
+        const int64_t rows = std::min(kRowBlock, M - m0);
+        TY* yt = y + m0 * N + t * W;
+        if (W == 64) packed_rows<4>(xp + m0 * ldx, ldx, rows, P, w, yt, N);
+        else if (W == 32) packed_rows<2>(xp + m0 * ldx, ldx, rows, P, w, yt, N);
+        else packed_rows<1>(xp + m0 * ldx, ldx, rows, P, w, yt, N);
+      }
+  });
+}
+
+// x's rows [M, K] (strides ldx, kx; bf16) as pairs: in place where they already are, else copied to
+// `store`. Returns the pairs and their row stride.
+inline std::pair<const uint32_t*, int64_t> pairs_of(const at::BFloat16* x, int64_t M, int64_t K, int64_t ldx, int64_t kx,
+                                                    std::vector<uint32_t>& store) {
+  if (kx == 1 && K % 2 == 0 && ldx % 2 == 0) return {reinterpret_cast<const uint32_t*>(x), ldx / 2};
+  store = bf16_pairs(M, K, [&](int64_t m, int64_t k) { return x[m * ldx + k * kx]; });
+  return {store.data(), (K + 1) / 2};
+}
+
+// The packed matrix's (T, P, W) after checks against x's depth K.
+std::tuple<int64_t, int64_t, int64_t> packed_shape(const at::Tensor& wp, int64_t K, const char* name) {
+  TORCH_CHECK(wp.scalar_type() == at::kBFloat16 && wp.is_contiguous() && wp.size(-1) == 2,
+              name, ": expected a contiguous packed bf16 matrix [..., T, P, W, 2], got ", wp.sizes());
+  const int64_t T = wp.size(-4), P = wp.size(-3), W = wp.size(-2);
+  TORCH_CHECK(W == 64 || W == 32 || W == 16, name, ": packed tiles are 64, 32 or 16 columns wide, got ", W);
+  TORCH_CHECK(P == (K + 1) / 2, name, ": x has ", K, " columns; the packed matrix ", 2 * P, " rows");
+  return {T, P, W};
+}
+
+// y = x @ wt for bf16 x [M, K] / [B, M, K] and wt packed [T, P, W, 2] / [B, T, P, W, 2]; y in `yt`.
+at::Tensor packed_matmul(const at::Tensor& x, const at::Tensor& wp, at::ScalarType yt) {
+  TORCH_CHECK((x.dim() == 2 || x.dim() == 3) && wp.dim() == x.dim() + 2,
+              "packed_gemm: expected x [M, K] and a packed [T, P, W, 2], or both batched; got ", x.sizes(), " and ",
+              wp.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.device().is_cpu() && wp.device().is_cpu(),
+              "packed_gemm: bf16 CPU tensors only");
+  TORCH_CHECK(bf16_dot_enabled(), "packed_gemm: this CPU has no bf16 pair products (or DEEPSEEK_BF16_DOT=0)");
+  const bool batched = x.dim() == 3;
+  const int64_t M = x.size(-2), K = x.size(-1), batch = batched ? x.size(0) : 1;
+  const auto [T, P, W] = packed_shape(wp, K, "packed_gemm");
+  TORCH_CHECK(!batched || wp.size(0) == batch, "packed_gemm: ", batch, " products but ", wp.size(0), " matrices");
+  const int64_t N = T * W;
+  at::Tensor y = at::empty(batched ? std::vector<int64_t>{batch, M, N} : std::vector<int64_t>{M, N}, x.options().dtype(yt));
+  if (K == 0) return y.zero_();
+  if (y.numel() == 0) return y;
+  const int64_t xb = batched ? x.stride(0) : 0;
+  auto each = [&](auto ty) {
+    using TY = decltype(ty);
+    auto one = [&](int64_t b) {
+      std::vector<uint32_t> store;
+      const auto [xp, ldx] = pairs_of(x.data_ptr<at::BFloat16>() + b * xb, M, K, x.stride(-2), x.stride(-1), store);
+      packed_product(xp, ldx, M, P, reinterpret_cast<const uint16_t*>(wp.data_ptr<at::BFloat16>()) + b * T * P * 2 * W, T,
+                     W, y.data_ptr<TY>() + b * M * N, N);
+    };
+    if (batch >= at::get_num_threads() && batch * M * K * N >= at::get_num_threads() * kParallelWork)
+      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) { for (int64_t b = b0; b < b1; ++b) one(b); });
+    else
+      for (int64_t b = 0; b < batch; ++b) one(b);
+  };
+  if (yt == at::kFloat) each(float());
+  else each(at::BFloat16());
+  return y;
+}
+
 // One product of a batch: x [M, K] (strides ldx, kx), the matrix (rows of stride ldw), y [M, N].
 struct Problem {
   const void* x;
@@ -381,11 +498,31 @@ void expert_rows(const T* x, int64_t M, int64_t K, const T* wt, int64_t ldw, T* 
 // rounded to x's dtype as F.linear's would be; y[token] += that * the token's routing weight, in
 // fp32. So every token's sum runs over its experts in id order, whatever the batch.
 // x [N, D]; weights [N, k] fp32; ids [N, k] int64; gate_up [E, 2I, D] and down [E, D, I], each
-// matrix column-major (rows of gate_up[e]^T and down[e]^T contiguous), in x's dtype. y [N, D] fp32.
+// matrix column-major (rows of gate_up[e]^T and down[e]^T contiguous), in x's dtype, or both packed
+// for the pair products (bf16: gate_up[e]^T and down[e]^T each as kernels.pack lays them out,
+// [E, T, P, W, 2]). y [N, D] fp32.
 template <typename T>
 void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& ids, const at::Tensor& gate_up,
              const at::Tensor& down, at::Tensor& y) {
-  const int64_t N = x.size(0), D = x.size(1), k = ids.size(1), E = gate_up.size(0), I = down.size(2);
+  const bool packed = gate_up.dim() == 5;
+  const int64_t N = x.size(0), D = x.size(1), k = ids.size(1), E = gate_up.size(0);
+  const int64_t I = packed ? down.size(2) * 2 : down.size(2);
+  // y [M, K'] = x [M, K'] (rows contiguous) @ expert e's gate_up (up = false) or down matrix.
+  auto product = [&](bool up, int64_t e, const T* x, int64_t M, int64_t K, T* y, int64_t Ncols) {
+    const at::Tensor& m = up ? gate_up : down;
+    if constexpr (std::is_same_v<T, at::BFloat16>) {
+      if (packed) {
+        std::vector<uint32_t> store;
+        const auto [xp, ldx] = pairs_of(x, M, K, K, 1, store);
+        packed_product(xp, ldx, M, m.size(2), reinterpret_cast<const uint16_t*>(m.data_ptr<T>()) + e * m.stride(0),
+                       m.size(1), m.size(3), y, Ncols);
+        return;
+      }
+    }
+    for (int64_t r0 = 0; r0 < M; r0 += kMaxRows)            // blocks of rows; a row's result is the same
+      expert_rows(x + r0 * K, std::min<int64_t>(kMaxRows, M - r0), K, m.data_ptr<T>() + e * m.stride(0), m.stride(2),
+                  y + r0 * Ncols, Ncols);
+  };
   const T* xp = x.data_ptr<T>();
   const float* wp = weights.data_ptr<float>();
   const int64_t* ip = ids.data_ptr<int64_t>();
@@ -404,16 +541,12 @@ void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& i
   const int64_t sx0 = x.stride(0), sx1 = x.stride(1);
   auto expert = [&](int64_t e) {       // h2 rows of expert e: down(silu(gate) * up)
     const int64_t c = first[e + 1] - first[e];
-    const T* gu = gate_up.data_ptr<T>() + e * gate_up.stride(0);
-    const T* dn = down.data_ptr<T>() + e * down.stride(0);
     std::vector<T> xe(c * D), h1(c * 2 * I), act(c * I);
     for (int64_t r = 0; r < c; ++r) {       // the expert's token rows, contiguous
       const T* xr = xp + rows[e][r].first * sx0;
       for (int64_t d = 0; d < D; ++d) xe[r * D + d] = xr[d * sx1];
     }
-    for (int64_t r0 = 0; r0 < c; r0 += kMaxRows)            // blocks of rows; a row's result is the same
-      expert_rows(xe.data() + r0 * D, std::min<int64_t>(kMaxRows, c - r0), D, gu, gate_up.stride(2),
-                  h1.data() + r0 * 2 * I, 2 * I);
+    product(true, e, xe.data(), c, D, h1.data(), 2 * I);
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int64_t r = 0; r < c; ++r)
       for (int64_t i = 0; i < I; i += 16) {
@@ -423,8 +556,7 @@ void experts(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& i
         store16(act.data() + r * I + i, _mm512_mul_ps(silu, u), m);   // rounded to x's dtype, as `.to(x.dtype)` is
       }
     T* h2e = h2.data() + first[e] * D;
-    for (int64_t r0 = 0; r0 < c; r0 += kMaxRows)
-      expert_rows(act.data() + r0 * I, std::min<int64_t>(kMaxRows, c - r0), I, dn, down.stride(2), h2e + r0 * D, D);
+    product(false, e, act.data(), c, I, h2e, D);
   };
   // Threads take whole experts (their products then run on one thread each) when each thread's
   // share is worth a parallel region: the busiest experts first, each to the least loaded thread.
@@ -466,10 +598,21 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& weights, const at:
                        const at::Tensor& gate_up, const at::Tensor& down) {
   TORCH_CHECK(x.dim() == 2 && weights.dim() == 2 && ids.sizes() == weights.sizes() && ids.size(0) == x.size(0),
               "moe_experts: expected x [N, D], weights and ids [N, k]");
-  TORCH_CHECK(gate_up.dim() == 3 && down.dim() == 3 && gate_up.size(0) == down.size(0) &&
-              gate_up.size(2) == x.size(1) && down.size(1) == x.size(1) && gate_up.size(1) == 2 * down.size(2),
-              "moe_experts: expected gate_up [E, 2I, D] and down [E, D, I], got ", gate_up.sizes(), " and ", down.sizes());
-  TORCH_CHECK(gate_up.stride(1) == 1 && down.stride(1) == 1, "moe_experts: expert matrices must be column-major");
+  if (gate_up.dim() == 5) {      // packed: gate_up^T [D, 2I] and down^T [I, D] per expert
+    TORCH_CHECK(down.dim() == 5 && gate_up.size(0) == down.size(0) && x.scalar_type() == at::kBFloat16,
+                "moe_experts: packed experts take bf16 x and packed gate_up and down, got ", gate_up.sizes(), " and ",
+                down.sizes());
+    packed_shape(gate_up, x.size(1), "moe_experts");
+    const int64_t inter = down.size(2) * 2;
+    TORCH_CHECK(gate_up.size(1) * gate_up.size(3) == 2 * inter && down.size(1) * down.size(3) == x.size(1),
+                "moe_experts: packed gate_up ", gate_up.sizes(), " and down ", down.sizes(), " do not fit x ", x.sizes());
+    packed_shape(down, inter, "moe_experts");
+  } else {
+    TORCH_CHECK(gate_up.dim() == 3 && down.dim() == 3 && gate_up.size(0) == down.size(0) &&
+                gate_up.size(2) == x.size(1) && down.size(1) == x.size(1) && gate_up.size(1) == 2 * down.size(2),
+                "moe_experts: expected gate_up [E, 2I, D] and down [E, D, I], got ", gate_up.sizes(), " and ", down.sizes());
+    TORCH_CHECK(gate_up.stride(1) == 1 && down.stride(1) == 1, "moe_experts: expert matrices must be column-major");
+  }
   TORCH_CHECK(x.scalar_type() == gate_up.scalar_type() && x.scalar_type() == down.scalar_type() &&
               (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
               "moe_experts: x and the experts in one dtype, float32 or bfloat16");
@@ -483,6 +626,8 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& weights, const at:
 
 at::Tensor small_gemm(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt, std::nullopt); }
 at::Tensor small_gemm_fp32(const at::Tensor& x, const at::Tensor& wt) { return matmul<false>(x, wt, at::kFloat); }
+at::Tensor packed_gemm(const at::Tensor& x, const at::Tensor& wp) { return packed_matmul(x, wp, at::kBFloat16); }
+at::Tensor packed_gemm_fp32(const at::Tensor& x, const at::Tensor& wp) { return packed_matmul(x, wp, at::kFloat); }
 bool bf16_dot() { return bf16_dot_enabled(); }
 // How many threads a parallel region of these kernels really runs on (1 if the build has no OpenMP).
 int64_t parallel_threads() {
@@ -499,6 +644,8 @@ TORCH_LIBRARY(deepseek_kernels, m) {
   m.def("small_gemm(Tensor x, Tensor wt) -> Tensor");
   m.def("small_gemm_fp32(Tensor x, Tensor wt) -> Tensor");
   m.def("small_gemm_nt(Tensor x, Tensor w) -> Tensor");
+  m.def("packed_gemm(Tensor x, Tensor wp) -> Tensor");
+  m.def("packed_gemm_fp32(Tensor x, Tensor wp) -> Tensor");
   m.def("moe_experts(Tensor x, Tensor weights, Tensor ids, Tensor gate_up, Tensor down) -> Tensor");
   m.def("bf16_dot() -> bool", &bf16_dot);
   m.def("parallel_threads() -> int", &parallel_threads);
@@ -507,5 +654,7 @@ TORCH_LIBRARY_IMPL(deepseek_kernels, CPU, m) {
   m.impl("small_gemm", &small_gemm);
   m.impl("small_gemm_fp32", &small_gemm_fp32);
   m.impl("small_gemm_nt", &small_gemm_nt);
+  m.impl("packed_gemm", &packed_gemm);
+  m.impl("packed_gemm_fp32", &packed_gemm_fp32);
   m.impl("moe_experts", &moe_experts);
 }
