@@ -177,3 +177,22 @@ def test_the_native_expert_kernel_gives_the_grouped_sum_and_batch_invariant_rows
             assert torch.equal(kernels.moe_experts(x[n:n + 1], weights[n:n + 1], ids[n:n + 1], *moe.packed),
                                native[n:n + 1])
         assert torch.equal(moe(x).float(), (native + moe.shared_experts(x).float()).to(dtype).float())
+
+
+def test_bf16_experts_packed_for_pair_products_run_natively_at_any_batch(tiny_config):
+    """A prefill chunk past NATIVE_MAX_TOKENS: the packed experts' one call, with the bits of the
+    column-major experts' pair products."""
+    from deepseek.model import kernels
+    from deepseek.model.moe import NATIVE_MAX_TOKENS
+
+    if not kernels.bf16_dot():
+        pytest.skip("no bf16 pair products here")
+    moe = fresh_moe(tiny_config, seed=3).to(torch.bfloat16)
+    assert moe.pack() and moe.pairs is not None
+    x = torch.randn(NATIVE_MAX_TOKENS + 44, tiny_config.hidden_size,
+                    generator=torch.Generator().manual_seed(2)).bfloat16()
+    with torch.inference_mode():
+        weights, ids = moe.gate(x)
+        packed = kernels.moe_experts(x, weights, ids, *moe.pairs)
+        assert torch.equal(packed, kernels.moe_experts(x, weights, ids, *moe.packed))
+        assert torch.equal(moe(x), (packed + moe.shared_experts(x).float()).bfloat16())

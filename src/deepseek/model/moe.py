@@ -62,7 +62,8 @@ class Gate(nn.Module):
 
 
 # Up to this many tokens (decode batches, short prompts), packed CPU experts run as one native call;
-# beyond it (long prefill chunks) `grouped_experts`' per-expert BLAS GEMMs are faster.
+# beyond it (long prefill chunks) `grouped_experts`' per-expert BLAS GEMMs are faster. (Experts packed
+# for the bf16 pair products take the native call at any count.)
 NATIVE_MAX_TOKENS = 256
 
 
@@ -112,9 +113,10 @@ class MoE(nn.Module):
         weights, ids = self.gate(x)
         if self.packed is None:
             y = self._looped(x, weights, ids)
+        elif self.pairs is not None and x.dtype == torch.bfloat16 and not torch.is_grad_enabled():
+            y = kernels.moe_experts(x, weights, ids, *self.pairs)       # any number of tokens
         elif self.native and x.shape[0] <= NATIVE_MAX_TOKENS and not torch.is_grad_enabled():
-            y = kernels.moe_experts(x, weights, ids, *(self.pairs if self.pairs and x.dtype == torch.bfloat16
-                                                       else self.packed))
+            y = kernels.moe_experts(x, weights, ids, *self.packed)
         else:
             y = grouped_experts(x, weights, ids, *self.packed)
         if self.shared_experts is not None:
