@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deepseek.engine.detokenizer import IncrementalDetokenizer, first_stop, partial_stop_length
+from deepseek.engine.detokenizer import IncrementalDetokenizer, first_stop, partial_stop_length, token_bytes
 from deepseek.tokenizer import ASSISTANT, EOS, sample_corpus, train_byte_bpe
 
 # ASCII, accented Latin, CJK, and emoji (4-byte UTF-8): byte-level BPE splits the multi-byte ones.
@@ -19,8 +19,23 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def byte_level():
     return train_byte_bpe(sample_corpus(), 1024)
+
+
+@pytest.fixture(scope="module", params=["token bytes", "decoded window"])
+def tokenizer(request, byte_level):
+    """Both ways of decoding: a plain byte-level decoder's token bytes, and (for any other decoder)
+    a window of ids through `tokenizer.decode`, here with the same decoder wrapped in a Sequence."""
+    if request.param == "token bytes":
+        assert token_bytes(byte_level) is not None
+        return byte_level
+    from tokenizers import Tokenizer, decoders
+
+    other = Tokenizer.from_str(byte_level.to_str())
+    other.decoder = decoders.Sequence([decoders.ByteLevel()])
+    assert token_bytes(other) is None
+    return other
 
 
 def stream(tokenizer, ids, **kwargs) -> tuple[list[str], str, IncrementalDetokenizer]:
@@ -120,6 +135,16 @@ def test_the_decoding_window_stays_small_on_long_outputs(tokenizer):
     for i in tokenizer.encode("print('hello')\n" * 200).ids:
         detok.push(i)
         assert len(detok._ids) <= 4  # only the last released token(s) and the pending ones
+
+
+def test_token_bytes_are_what_the_tokenizer_decodes(byte_level):
+    """Every id alone (special tokens kept, or skipped), and the bytes of a split character."""
+    table, skipped = token_bytes(byte_level), token_bytes(byte_level, skip_special_tokens=True)
+    for i in range(byte_level.get_vocab_size()):
+        assert table[i].decode(errors="replace") == byte_level.decode([i], skip_special_tokens=False)
+        assert skipped[i].decode(errors="replace") == byte_level.decode([i], skip_special_tokens=True)
+    ids = byte_level.encode("😀").ids
+    assert b"".join(table[i] for i in ids) == "😀".encode()
 
 
 def test_stop_helpers():

@@ -6,11 +6,13 @@ other than a stop string.
 
 Two things are held back:
 
-- **Incomplete characters.** A byte-level BPE token can end inside a multi-byte UTF-8 character;
-  decoding it then ends in U+FFFD. As in vLLM, only a small window of recent ids is decoded
-  (`_prefix_offset` .. end, where `_read_offset` marks what has been emitted), and text is
-  released only when the window no longer ends in U+FFFD. Each push decodes a handful of tokens,
-  never the whole output.
+- **Incomplete characters.** A byte-level BPE token can end inside a multi-byte UTF-8 character.
+  With a plain byte-level decoder (GPT-2's, DeepSeek's) every token is a fixed byte string
+  (`token_bytes`), so a push appends its bytes to an incremental UTF-8 decoder, which holds an
+  unfinished character back and replaces invalid bytes as the tokenizer's own lossy decode does.
+  With any other decoder, as in vLLM, a small window of recent ids is decoded (`_prefix_offset`
+  .. end, where `_read_offset` marks what has been emitted), and text is released only when the
+  window no longer ends in U+FFFD. Either way a push costs a handful of tokens, never the output.
 - **Possible stop-string starts.** The longest tail of the text that is a proper prefix of a stop
   string is kept until it either completes the stop string or stops matching. When one completes,
   the text before it is emitted, the stop string itself is not (OpenAI semantics), `stopped`
@@ -23,6 +25,8 @@ tokens, and the output can then never contain a stop string.
 
 from __future__ import annotations
 
+import codecs
+import json
 from typing import Sequence
 
 # Prompt tokens kept as decoding context: enough for decoders whose output depends on the previous
@@ -41,7 +45,9 @@ class IncrementalDetokenizer:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.stop = tuple(stop)
-        self._ids = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:]) if prompt_ids else []
+        self._bytes = token_bytes(tokenizer, skip_special_tokens)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace") if self._bytes is not None else None
+        self._ids = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:]) if prompt_ids and self._bytes is None else []
         self._prefix_offset = 0  # start of the decoding window
         self._read_offset = len(self._ids)  # ids before this have been released as text
         self._held = ""  # decoded text withheld because it may start a stop string
@@ -52,6 +58,8 @@ class IncrementalDetokenizer:
         """Add one generated token; return the new text that is safe to emit (often "")."""
         if self.stopped:
             return ""
+        if self._utf8 is not None:
+            return self._release(self._utf8.decode(self._bytes[token_id]))
         self._ids.append(token_id)
         return self._release(self._decode_window(final=False))
 
@@ -59,7 +67,8 @@ class IncrementalDetokenizer:
         """Flush everything held back; call once when the sequence ends without a stop string."""
         if self.stopped:
             return ""
-        text = self._release(self._decode_window(final=True))
+        flushed = self._utf8.decode(b"", final=True) if self._utf8 is not None else self._decode_window(final=True)
+        text = self._release(flushed)
         if not self.stopped:
             text, self._held = text + self._held, ""
         return text
@@ -92,6 +101,49 @@ class IncrementalDetokenizer:
         keep = partial_stop_length(text, self.stop)
         self._held = text[len(text) - keep:]
         return text[:len(text) - keep]
+
+
+_TOKEN_BYTES: dict[tuple[int, bool], tuple[object, list[bytes] | None]] = {}
+
+
+def token_bytes(tokenizer, skip_special_tokens: bool = False) -> list[bytes] | None:
+    """Each token id's bytes, where the tokenizer's decoder is plain byte-level (then decoding ids
+    is joining their bytes and decoding UTF-8 with replacement); None for any other decoder. As
+    `tokenizers`' ByteLevel decoder: a token whose characters all lie in the byte alphabet maps back
+    to those bytes, any other (an added token) to its own UTF-8; skipped special tokens to b"".
+    Built once per tokenizer."""
+    key = (id(tokenizer), skip_special_tokens)
+    if key not in _TOKEN_BYTES:
+        table = None
+        decoder = json.loads(tokenizer.to_str()).get("decoder") if hasattr(tokenizer, "to_str") else None
+        if decoder is not None and decoder.get("type") == "ByteLevel":
+            alphabet = _byte_alphabet()
+            special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+            table = []
+            for i in range(tokenizer.get_vocab_size(with_added_tokens=True)):
+                token = tokenizer.id_to_token(i)
+                if token is None or (skip_special_tokens and i in special):
+                    table.append(b"")
+                elif all(c in alphabet for c in token):
+                    table.append(bytes(alphabet[c] for c in token))
+                else:
+                    table.append(token.encode())
+        _TOKEN_BYTES[key] = (tokenizer, table)     # (holding the tokenizer keeps its id unique)
+    return _TOKEN_BYTES[key][1]
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the character that stands for each byte. Printable bytes stand
+    for themselves; the other 68 map to code points 256 and up, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
 
 
 def first_stop(text: str, stop: Sequence[str]) -> tuple[int, str] | None:
