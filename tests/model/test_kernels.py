@@ -412,3 +412,25 @@ def test_argmax_rows_of_logits_and_of_a_strided_batch():
     assert torch.equal(kernels.argmax(x), x.argmax(-1))
     assert torch.equal(kernels.argmax(x[::3]), x[::3].argmax(-1))
     assert torch.equal(kernels.argmax(x.t()), x.t().argmax(-1))        # columns: torch's own
+
+
+@needs_pairs
+def test_products_that_share_an_input_run_fused_with_each_ones_bits(tiny_config):
+    """`Transformer.prepare_inference` fuses q_a + kv_a + the indexer's wk, and gate + up: one packed
+    product each, whose columns are bit for bit the separate products (up to 32 rows, where the
+    separate ones run the unpacked pair path)."""
+    from deepseek.model import Transformer
+    from deepseek.model.checkpoint import init_random_weights
+    from deepseek.model.layers import run_fused
+
+    model = init_random_weights(Transformer(tiny_config, dtype=torch.bfloat16), seed=3).eval().requires_grad_(False)
+    model.prepare_inference()
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert attn.fused_input is not None and mlp.gate_up is not None
+    x = random((9, tiny_config.hidden_size), torch.bfloat16, 51)
+    with torch.no_grad():
+        for fused, linears in ((attn.fused_input, attn._input_projections()), (mlp.gate_up, [mlp.gate_proj, mlp.up_proj])):
+            assert all(linear.pairs is None for linear in linears)        # no second packed copy
+            together, apart = run_fused(x, fused, linears), run_fused(x, None, linears)
+            assert [t.shape[-1] for t in together] == [linear.out_features for linear in linears]
+            assert all(torch.equal(a, b) for a, b in zip(together, apart))

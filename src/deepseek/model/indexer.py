@@ -85,7 +85,11 @@ class Indexer(nn.Module):
     def keys(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The cacheable key of every token. x: [N, D] -> [N, Di]. The values are FP8-exact, so
         caches keep them in bf16 without loss (half the bytes the O(T) scan has to read)."""
-        return self._rope_rotate_quantize(self.k_norm(self.wk(x)), cos, sin)
+        return self.keys_of(self.wk(x), cos, sin)
+
+    def keys_of(self, projected: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """`keys` from `wk(x)`, for a caller that ran the projection itself (fused with others)."""
+        return self._rope_rotate_quantize(self.k_norm(projected), cos, sin)
 
     def queries(self, x: torch.Tensor, qr: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -109,6 +109,27 @@ class Linear(nn.Module):
         return f"{self.in_features}->{self.out_features}, quantized={self.quantized}"
 
 
+def fused_pairs(linears: list[Linear]) -> torch.Tensor | None:
+    """One packed matrix (`kernels.pack`) for prepared Linears that read the same input: their
+    outputs side by side, each column the same sum as its own Linear's, in one call instead of
+    several. Each Linear's own packed copy is dropped (direct calls take `small_linear`, whose bits
+    agree for up to 32 rows). None unless every one of them holds packed weights."""
+    if any(linear.pairs is None for linear in linears):
+        return None
+    fused = kernels.pack(torch.cat([linear.weight for linear in linears]).t())
+    if fused is not None:
+        for linear in linears:
+            linear.pairs = None
+    return fused
+
+
+def run_fused(x: torch.Tensor, fused: torch.Tensor | None, linears: list[Linear]) -> list[torch.Tensor]:
+    """Each Linear's output for x, through `fused` (from `fused_pairs`) where it applies."""
+    if fused is not None and x.dtype == torch.bfloat16 and not torch.is_grad_enabled():
+        return list(kernels.packed_linear(x, fused).split([linear.out_features for linear in linears], dim=-1))
+    return [linear(x) for linear in linears]
+
+
 class MLP(nn.Module):
     """SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`, the product taken in fp32 (spec §9.2)."""
 
@@ -118,6 +139,13 @@ class MLP(nn.Module):
         self.up_proj = Linear(dim, inter_dim, dtype=dtype)
         self.down_proj = Linear(inter_dim, dim, dtype=dtype)
 
+    gate_up: torch.Tensor | None = None       # set by `fuse`: gate and up as one packed product
+
+    def fuse(self) -> None:
+        """After `Linear.prepare_inference`: gate and up in one product (`fused_pairs`)."""
+        self.gate_up = fused_pairs([self.gate_proj, self.up_proj])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, dim] -> [N, dim]
-        h = F.silu(self.gate_proj(x).float()) * self.up_proj(x).float()
+        gate, up = run_fused(x, self.gate_up, [self.gate_proj, self.up_proj])
+        h = F.silu(gate.float()) * up.float()
         return self.down_proj(h.to(x.dtype))

@@ -23,7 +23,7 @@ from .cache import DecodeRows, ForwardBatch
 from .config import ModelConfig
 from .fp8 import fake_quantize_activation
 from .indexer import Indexer
-from .layers import Linear, RMSNorm
+from .layers import Linear, RMSNorm, fused_pairs, run_fused
 from .rope import rotate_interleaved
 
 # Query rows per chunk in the expanded form, so [rows, H, T] scores stay near this many floats.
@@ -65,20 +65,31 @@ class MLA(nn.Module):
         (qr [N, q_lora_rank] or None, q_nope [N, H, Dn], q_pe [N, H, Dr] rotated,
          latent [N, R] normed and FP8-rounded, k_pe [N, Dr] rotated, indexer key [N, Di] or None)."""
         n = x.shape[0]
-        if hasattr(self, "q_proj"):
-            qr, q = None, self.q_proj(x)
-        else:
-            qr = self.q_a_layernorm(self.q_a_proj(x))                         # [N, q_lora_rank]
+        q, kv, *index = run_fused(x, self.fused_input, self._input_projections())
+        qr = None
+        if not hasattr(self, "q_proj"):
+            qr = self.q_a_layernorm(q)                                         # [N, q_lora_rank]
             q = self.q_b_proj(qr)
         q = q.view(n, self.n_heads, self.nope_dim + self.rope_dim)
         q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
         q_pe = rotate_interleaved(q_pe, cos, sin)                              # [N, H, Dr]
-        latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope_dim], dim=-1)
+        latent, k_pe = kv.split([self.kv_rank, self.rope_dim], dim=-1)
         # The final reference round-trips the latent through FP8 to match its FP8 KV cache.
         latent = fake_quantize_activation(self.kv_a_layernorm(latent), self.scale_fmt)  # [N, R]
         k_pe = rotate_interleaved(k_pe, cos, sin)                              # [N, Dr]
-        index_k = self.indexer.keys(x, cos, sin) if self.indexer is not None else None
+        index_k = self.indexer.keys_of(index[0], cos, sin) if index else None
         return qr, q_nope, q_pe, latent, k_pe, index_k
+
+    def _input_projections(self) -> list[Linear]:
+        """The Linears that read the layer input: q (or q_a), kv_a and the indexer's key."""
+        first = self.q_proj if hasattr(self, "q_proj") else self.q_a_proj
+        return [first, self.kv_a_proj_with_mqa] + ([self.indexer.wk] if self.indexer is not None else [])
+
+    fused_input: torch.Tensor | None = None     # set by `fuse`: the input projections as one product
+
+    def fuse(self) -> None:
+        """After `Linear.prepare_inference`: the input projections in one product (`fused_pairs`)."""
+        self.fused_input = fused_pairs(self._input_projections())
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cos: torch.Tensor,
                 sin: torch.Tensor) -> torch.Tensor:

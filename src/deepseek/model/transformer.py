@@ -22,7 +22,7 @@ from torch import nn
 from .block import DecoderLayer
 from .cache import ContiguousCache, DecodeRows, ForwardBatch
 from .config import ModelConfig
-from .layers import Linear, RMSNorm
+from .layers import MLP, Linear, RMSNorm
 from .mtp import MTPLayer
 from .rope import rope_cos_sin, yarn_inv_freq
 
@@ -106,8 +106,9 @@ class Transformer(nn.Module):
 
     def prepare_inference(self) -> None:
         """After loading and before serving (again is harmless): stack each MoE's experts (`MoE.pack`),
-        lay the other weights out for small-batch GEMMs (`Linear.prepare_inference`), and
-        precompute what attention would otherwise derive from the weights on every call."""
+        lay the other weights out for small-batch GEMMs (`Linear.prepare_inference`), fuse the
+        products that read the same input (`MLA.fuse`, `MLP.fuse`), and precompute what attention
+        would otherwise derive from the weights on every call."""
         for layer in self.model.layers:
             if hasattr(layer.mlp, "pack"):
                 layer.mlp.pack()      # first: the experts' weights become views the next loop keeps
@@ -115,6 +116,11 @@ class Transformer(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.prepare_inference()
+        for layer in self.model.layers:   # then the products that share an input, as one each
+            layer.self_attn.fuse()
+            mlp = getattr(layer.mlp, "shared_experts", layer.mlp)
+            if isinstance(mlp, MLP):
+                mlp.fuse()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., vocab] fp32."""
