@@ -124,10 +124,12 @@ class BlockManager:
     def append(self, table: BlockTable, num_new: int = 1) -> None:
         """Reserve slots for `num_new` more positions (a decode step, or draft tokens to verify)."""
         self._check_live(table)
-        if num_new <= 0 or not self.can_append(table, num_new):
+        fresh = self._blocks_for(table.num_tokens + num_new) - len(table.blocks)   # usually 0
+        if num_new <= 0 or fresh > self.num_free_blocks:
             raise RuntimeError(f"cannot append {num_new} tokens; ask can_append first")
         table.num_tokens += num_new
-        table.blocks += [self._take() for _ in range(self._blocks_for(table.num_tokens) - len(table.blocks))]
+        for _ in range(fresh):
+            table.blocks.append(self._take())
 
     def register(self, table: BlockTable, token_ids: Sequence[int], num_computed: int) -> None:
         """Record that positions `[0, num_computed)` hold computed KV rows of `token_ids`.

@@ -150,22 +150,21 @@ class LLMEngine:
         return outputs
 
     def _append(self, seq: Sequence, sampled: Sampled) -> RequestOutput:
-        token, params, cfg = sampled.token_id, seq.params, self.model.config
-        context = len(seq.token_ids)      # keys visible to the query that produced this token
+        token, params, cfg, detok, ids = sampled.token_id, seq.params, self.model.config, seq.detokenizer, seq.token_ids
+        context = len(ids)      # keys visible to the query that produced this token
         seq.attended_sum += min(cfg.index_topk, context) if seq.request.sparse else context
         seq.context_sum += context
-        seq.token_ids.append(token)
+        ids.append(token)
         seq.output_counts[token] += 1
-        self._advance_grammar(seq, token)
+        if seq.grammar_state is not None or seq.request.grammar is not None:
+            self._advance_grammar(seq, token)
         is_stop_token = (token == cfg.eos_token_id and not params.ignore_eos) or token in params.stop_token_ids
-        text = ""
-        if seq.detokenizer is not None and not is_stop_token:
-            text = seq.detokenizer.push(token)
+        text = detok.push(token) if detok is not None and not is_stop_token else ""
         reason = None
-        if is_stop_token or (seq.detokenizer is not None and seq.detokenizer.stopped):
+        if is_stop_token or (detok is not None and detok.stopped):
             reason = "stop"
-        elif (params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens) \
-                or len(seq.token_ids) >= self.max_model_len:
+        elif (params.max_tokens is not None and context + 1 - seq.num_prompt_tokens >= params.max_tokens) \
+                or context + 1 >= self.max_model_len:
             reason = "length"
         if reason is not None:
             if seq.detokenizer is not None:

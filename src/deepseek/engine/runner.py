@@ -68,6 +68,8 @@ class ModelRunner:
         out = self.sampler.sample(logits, [s.params for s in picked], [s.generator for s in picked],
                                   [s.output_counts for s in picked])
         token_ids = out.token_ids.tolist()
+        if out.logprobs is None:
+            return {seq: Sampled(token, None) for seq, token in zip(picked, token_ids)}
         return {seq: Sampled(token_ids[r], _logprob(out, r, seq)) for r, seq in enumerate(picked)}
 
     def _step(self, seqs: list[Sequence], counts: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
