@@ -427,6 +427,9 @@ def test_products_that_share_an_input_run_fused_with_each_ones_bits(tiny_config)
     model.prepare_inference()
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     assert attn.fused_input is not None and mlp.gate_up is not None
+    moe = model.model.layers[-1].mlp                      # routed experts: one packed copy, in the MoE
+    assert moe.pairs is not None and moe.shared_experts.gate_up is not None
+    assert all(linear.pairs is None for e in moe.experts for linear in (e.gate_proj, e.up_proj, e.down_proj))
     x = random((9, tiny_config.hidden_size), torch.bfloat16, 51)
     with torch.no_grad():
         for fused, linears in ((attn.fused_input, attn._input_projections()), (mlp.gate_up, [mlp.gate_proj, mlp.up_proj])):

@@ -108,6 +108,16 @@ class MoE(nn.Module):
         self.gate.native = self.native and self.gate.weight.dtype == torch.float32
         return True
 
+    def fuse(self) -> None:
+        """After `Linear.prepare_inference`: the routed experts run from `pairs`, so their own
+        Linears keep no packed copy; the shared expert's gate and up run as one product."""
+        if self.pairs is not None:
+            for expert in self.experts:
+                for linear in (expert.gate_proj, expert.up_proj, expert.down_proj):
+                    linear.pairs = None
+        if self.shared_experts is not None:
+            self.shared_experts.fuse()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, D] -> [N, D]; expert outputs are accumulated in fp32."""
         weights, ids = self.gate(x)

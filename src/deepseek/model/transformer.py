@@ -22,7 +22,7 @@ from torch import nn
 from .block import DecoderLayer
 from .cache import ContiguousCache, DecodeRows, ForwardBatch
 from .config import ModelConfig
-from .layers import MLP, Linear, RMSNorm
+from .layers import Linear, RMSNorm
 from .mtp import MTPLayer
 from .rope import rope_cos_sin, yarn_inv_freq
 
@@ -107,7 +107,7 @@ class Transformer(nn.Module):
     def prepare_inference(self) -> None:
         """After loading and before serving (again is harmless): stack each MoE's experts (`MoE.pack`),
         lay the other weights out for small-batch GEMMs (`Linear.prepare_inference`), fuse the
-        products that read the same input (`MLA.fuse`, `MLP.fuse`), and precompute what attention
+        products that read the same input (`MLA.fuse`, `MLP.fuse`, `MoE.fuse`), and precompute what attention
         would otherwise derive from the weights on every call."""
         for layer in self.model.layers:
             if hasattr(layer.mlp, "pack"):
@@ -118,9 +118,7 @@ class Transformer(nn.Module):
                 module.prepare_inference()
         for layer in self.model.layers:   # then the products that share an input, as one each
             layer.self_attn.fuse()
-            mlp = getattr(layer.mlp, "shared_experts", layer.mlp)
-            if isinstance(mlp, MLP):
-                mlp.fuse()
+            layer.mlp.fuse()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., vocab] fp32."""
