@@ -191,6 +191,7 @@ def main() -> None:
     preset, contexts, steps = (("tiny", [128, 512], 2) if args.quick
                                else ("bench", sorted(args.contexts), args.steps))
     model = Transformer.from_pretrained(checkpoint(args.dir / preset, preset), mtp=False)
+    model.prepare_inference()         # as the engine runs it: weight layouts, packed products, kernels
     scales = measured_scales(model)
     cache = filled_cache(model, contexts[-1], args.block_size, scales, args.shuffle_blocks)
     with other_load() as load:
