@@ -240,3 +240,36 @@ def test_an_llm_leaves_its_start_up_heap_out_of_the_collectors_passes(tiny_check
     llm = LLM(tiny_checkpoint, dtype=torch.float32)
     assert gc.get_freeze_count() > 0
     assert all(o is not llm.engine for o in gc.get_objects())      # frozen objects are not listed
+
+
+def test_keep_freed_memory_stops_large_blocks_from_faulting_in_again():
+    """`keep_freed_memory` (glibc): two 20 MB buffers freed each round are kept for the next, where
+    by default glibc gives them back and the next round faults all their pages in again. Measured
+    in a fresh process: the setting is process-wide."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, sys, torch
+from deepseek.engine.engine import keep_freed_memory
+def faults(rounds):
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        a = torch.empty(20 << 20, dtype=torch.uint8).fill_(1)
+        b = torch.empty(20 << 20, dtype=torch.uint8).fill_(1)
+        del b, a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+faults(2)
+before = faults(8)
+if not keep_freed_memory():
+    print("unsupported"); sys.exit()
+faults(1)
+print(before, faults(8))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    if out == ["unsupported"]:
+        pytest.skip("no glibc mallopt here")
+    before, after = map(int, out)
+    round_pages = 2 * (20 << 20) // 4096
+    assert before >= 4 * round_pages     # by default most rounds fault both buffers in again
+    assert after < round_pages           # kept: the same memory serves every round

@@ -7,6 +7,8 @@ thread-safe; `AsyncEngine` runs it on its own thread for the server, `LLM` drive
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import math
 from dataclasses import dataclass
@@ -28,9 +30,26 @@ def freeze_startup_heap() -> None:
     """Collect, then move every object alive now (the model, tokenizer, compiled graphs) out of the
     garbage collector's view, as vLLM does once its engine is up: the collector's full passes then
     walk only what serving allocates (they were ~4% of a batch-32 decode step here). Call it once,
-    after start-up; objects frozen here are still freed when their last reference goes."""
+    after start-up; objects frozen here are still freed when their last reference goes. Also
+    `keep_freed_memory()`."""
     gc.collect()
     gc.freeze()
+    keep_freed_memory()
+
+
+def keep_freed_memory() -> bool:
+    """glibc's malloc: serve blocks up to 32 MB from the heap and keep freed memory there (up to
+    1 GB), rather than mapping each large block fresh and unmapping it when freed. A step's
+    intermediate tensors (MBs each) otherwise page-fault on every first touch: batch-32 generation
+    ran 9-15% faster with this (the same process, alternating), batch 1 the same. The process's
+    RSS then stays near its peak. False where the C library has no `mallopt`."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3       # <malloc.h>
+    return all(mallopt(option, value) == 1 for option, value in
+               ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 1 << 30), (m_top_pad, 64 << 20)))
 
 
 @dataclass(frozen=True)
