@@ -192,6 +192,8 @@ def main() -> None:
                                else ("bench", sorted(args.contexts), args.steps))
     model = Transformer.from_pretrained(checkpoint(args.dir / preset, preset), mtp=False)
     model.prepare_inference()         # as the engine runs it: weight layouts, packed products, kernels
+    from deepseek.engine.engine import keep_freed_memory
+    keep_freed_memory()               # and as its process allocates (LLM() and the server set it)
     scales = measured_scales(model)
     cache = filled_cache(model, contexts[-1], args.block_size, scales, args.shuffle_blocks)
     with other_load() as load:
