@@ -134,7 +134,10 @@ def test_the_decoding_window_stays_small_on_long_outputs(tokenizer):
     detok = IncrementalDetokenizer(tokenizer)
     for i in tokenizer.encode("print('hello')\n" * 200).ids:
         detok.push(i)
-        assert len(detok._ids) <= 4  # only the last released token(s) and the pending ones
+        if detok._utf8 is not None:    # token bytes: at most one unfinished character held, no ids
+            assert detok._ids == [] and len(detok._utf8.getstate()[0]) <= 3
+        else:
+            assert len(detok._ids) <= 4  # only the last released token(s) and the pending ones
 
 
 def test_token_bytes_are_what_the_tokenizer_decodes(byte_level):

@@ -175,7 +175,7 @@ class LLMEngine:
         seq.context_sum += context
         ids.append(token)
         seq.output_counts[token] += 1
-        if seq.grammar_state is not None or seq.request.grammar is not None:
+        if seq.request.grammar is not None:     # (no grammar: no call)
             self._advance_grammar(seq, token)
         is_stop_token = (token == cfg.eos_token_id and not params.ignore_eos) or token in params.stop_token_ids
         text = detok.push(token) if detok is not None and not is_stop_token else ""
@@ -186,8 +186,8 @@ class LLMEngine:
                 or context + 1 >= self.max_model_len:
             reason = "length"
         if reason is not None:
-            if seq.detokenizer is not None:
-                text += seq.detokenizer.finish()
+            if detok is not None:
+                text += detok.finish()
             self.scheduler.finish(seq, reason)
             del self.seqs[seq.request_id]
         logprobs = (sampled.logprob,) if sampled.logprob is not None else ()

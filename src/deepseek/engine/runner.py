@@ -47,8 +47,8 @@ class ModelRunner:
             # model's own attributes are skipped: its weights never change here. The graph's host
             # code is C++ (`cpp_wrapper`), not Python calling each of its ~100 kernels and ops, and
             # checks no output shapes (inductor's asserts were ~170 Python calls a step). The weights
-            # are frozen into the graph as constants (`freezing`, for inference): a call then passes
-            # only the step's tensors, not every parameter, which took ~0.1-0.2 ms of Python a step.
+            # are frozen into the graph as constants (`freezing`, for inference): the time outside
+            # the graph's own code fell from ~0.15 to ~0.11 ms a call at batch 1.
             self.decode_logits = torch.compile(decode_logits, options={
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe, "cpp_wrapper": True,
                 "size_asserts": False, "alignment_asserts": False, "scalar_asserts": False, "freezing": True})

@@ -37,6 +37,21 @@ constexpr int kRows = 4;                  // rows of x per tile
 constexpr int kVecs = 4;                  // 16-float vectors per tile: 64 output columns
 constexpr int64_t kCols = 16 * kVecs;
 
+// f(std::integral_constant<int, R>(), m) for each tile of R rows of x, from row m: kRows at a time,
+// then the 1-3 left over. (The tile kernels take R as a template argument: their accumulators are
+// registers.)
+template <typename F>
+inline void row_tiles(int64_t M, const F& f) {
+  int64_t m = 0;
+  for (; m + kRows <= M; m += kRows) f(std::integral_constant<int, kRows>(), m);
+  switch (M - m) {
+    case 3: f(std::integral_constant<int, 3>(), m); break;
+    case 2: f(std::integral_constant<int, 2>(), m); break;
+    case 1: f(std::integral_constant<int, 1>(), m); break;
+    default: break;
+  }
+}
+
 // rows x 64 columns of y over k in [k0, k1): x is fp32 [rows, K] (row stride K); wt, part and y are
 // offset to the tile's first column. The sums start at 0 (k0 == 0) or from the fp32 partial sums in
 // `part`, and end in `part`, or, for the last k (k1 == K), in y. Either way each output is one fma
@@ -81,19 +96,19 @@ void columns(const float* x, int64_t M, int64_t K, int64_t k0, int64_t k1, const
              float* part, int64_t ldp, TY* y, int64_t N, int64_t n0) {
   __mmask16 mask[kVecs];
   for (int j = 0; j < kVecs; ++j) mask[j] = tail16(N - n0 - 16 * j);
-  auto at = [&](int64_t m) { return std::make_tuple(x + m * K, part + m * ldp, y + m * N + n0); };
-  int64_t m = 0;
-  for (; m + kRows <= M; m += kRows) {
-    auto [xm, pm, ym] = at(m);
-    tile<kRows>(xm, K, k0, k1, wt + n0, ldw, pm, ldp, ym, N, mask);
-  }
-  auto [xm, pm, ym] = at(m);
-  switch (M - m) {
-    case 3: tile<3>(xm, K, k0, k1, wt + n0, ldw, pm, ldp, ym, N, mask); break;
-    case 2: tile<2>(xm, K, k0, k1, wt + n0, ldw, pm, ldp, ym, N, mask); break;
-    case 1: tile<1>(xm, K, k0, k1, wt + n0, ldw, pm, ldp, ym, N, mask); break;
-    default: break;
-  }
+  row_tiles(M, [&](auto rows, int64_t m) {
+    tile<decltype(rows)::value>(x + m * K, K, k0, k1, wt + n0, ldw, part + m * ldp, ldp, y + m * N + n0, N, mask);
+  });
+}
+
+// one(b) for each product b of a batch: side by side (each then on one thread) once there are enough
+// of them and enough work (`work` multiply-adds in all), else one after another.
+template <typename F>
+inline void each_product(int64_t batch, int64_t work, const F& one) {
+  if (batch >= at::get_num_threads() && work >= at::get_num_threads() * kParallelWork)
+    at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) { for (int64_t b = b0; b < b1; ++b) one(b); });
+  else
+    for (int64_t b = 0; b < batch; ++b) one(b);
 }
 
 // Threads split the n column groups of a product (`cols` columns each) only when every thread then
@@ -178,18 +193,10 @@ BF16_TARGET void columns_bf16(const uint32_t* xp, int64_t ldx, int64_t M, int64_
   for (int j = 0; j < kVecs; ++j) m16[j] = tail16(N - n0 - 16 * j);
   for (int h = 0; h < 2; ++h) m32[h] = tail32(N - n0 - 32 * h);
   const bool last = 2 * p1 >= K;
-  int64_t m = 0;
-  for (; m + kRows <= M; m += kRows)
-    tile_bf16<kRows>(xp + m * ldx, ldx, p0, p1, K, wt + n0, ldw, part + m * ldp, ldp, y + m * N + n0, N, m32, m16, last);
-  const uint32_t* xm = xp + m * ldx;
-  float* pm = part + m * ldp;
-  TY* ym = y + m * N + n0;
-  switch (M - m) {
-    case 3: tile_bf16<3>(xm, ldx, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
-    case 2: tile_bf16<2>(xm, ldx, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
-    case 1: tile_bf16<1>(xm, ldx, p0, p1, K, wt + n0, ldw, pm, ldp, ym, N, m32, m16, last); break;
-    default: break;
-  }
+  row_tiles(M, [&](auto rows, int64_t m) {
+    tile_bf16<decltype(rows)::value>(xp + m * ldx, ldx, p0, p1, K, wt + n0, ldw, part + m * ldp, ldp, y + m * N + n0, N,
+                                     m32, m16, last);
+  });
 }
 
 // gemm_rows with bf16 x (as pairs, rows ldx pairs apart) and a bf16 matrix; the same walk over
@@ -244,15 +251,10 @@ BF16_TARGET inline void packed_tile(const uint32_t* xp, int64_t ldx, int64_t P, 
 }
 
 template <int V, typename TY>
-BF16_TARGET void packed_rows(const uint32_t* xp, int64_t ldx, int64_t M, int64_t P, const uint16_t* w, TY* y, int64_t ldy) {
-  int64_t m = 0;
-  for (; m + kRows <= M; m += kRows) packed_tile<kRows, V>(xp + m * ldx, ldx, P, w, y + m * ldy, ldy);
-  switch (M - m) {
-    case 3: packed_tile<3, V>(xp + m * ldx, ldx, P, w, y + m * ldy, ldy); break;
-    case 2: packed_tile<2, V>(xp + m * ldx, ldx, P, w, y + m * ldy, ldy); break;
-    case 1: packed_tile<1, V>(xp + m * ldx, ldx, P, w, y + m * ldy, ldy); break;
-    default: break;
-  }
+void packed_rows(const uint32_t* xp, int64_t ldx, int64_t M, int64_t P, const uint16_t* w, TY* y, int64_t ldy) {
+  row_tiles(M, [&](auto rows, int64_t m) {
+    packed_tile<decltype(rows)::value, V>(xp + m * ldx, ldx, P, w, y + m * ldy, ldy);
+  });
 }
 
 // y [M, N] = x @ wt: x as pairs (rows ldx pairs apart), wp the packed [T, P, W, 2]. Threads split the
@@ -317,10 +319,7 @@ at::Tensor packed_matmul(const at::Tensor& x, const at::Tensor& wp, at::ScalarTy
       packed_product(xp, ldx, M, P, reinterpret_cast<const uint16_t*>(wp.data_ptr<at::BFloat16>()) + b * T * P * 2 * W, T,
                      W, y.data_ptr<TY>() + b * M * N, N);
     };
-    if (batch >= at::get_num_threads() && batch * M * K * N >= at::get_num_threads() * kParallelWork)
-      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) { for (int64_t b = b0; b < b1; ++b) one(b); });
-    else
-      for (int64_t b = 0; b < batch; ++b) one(b);
+    each_product(batch, batch * M * K * N, one);
   };
   if (yt == at::kFloat) each(float());
   else each(at::BFloat16());
@@ -394,14 +393,7 @@ inline void dots(const float* x, int64_t K, const TW* w, int64_t ldw, TY* y, int
 
 template <int C, typename TW, typename TY>
 inline void dot_rows(const float* x, int64_t M, int64_t K, const TW* w, int64_t ldw, TY* y, int64_t N) {
-  int64_t m = 0;
-  for (; m + kRows <= M; m += kRows) dots<kRows, C>(x + m * K, K, w, ldw, y + m * N, N);
-  switch (M - m) {
-    case 3: dots<3, C>(x + m * K, K, w, ldw, y + m * N, N); break;
-    case 2: dots<2, C>(x + m * K, K, w, ldw, y + m * N, N); break;
-    case 1: dots<1, C>(x + m * K, K, w, ldw, y + m * N, N); break;
-    default: break;
-  }
+  row_tiles(M, [&](auto rows, int64_t m) { dots<decltype(rows)::value, C>(x + m * K, K, w, ldw, y + m * N, N); });
 }
 
 template <typename TX, typename TW, typename TY>
@@ -461,11 +453,7 @@ at::Tensor matmul(const at::Tensor& x, const at::Tensor& w, std::optional<at::Sc
       run<NT, TX, TW, TY>(Problem{x.data_ptr<TX>() + b * xb, x.stride(-2), x.stride(-1), w.data_ptr<TW>() + b * wb,
                                   w.stride(-2), y.data_ptr<TY>() + b * M * N, M, K, N});
     };
-    // Products of a batch run side by side (each then on one thread) once there are enough of them.
-    if (batch >= at::get_num_threads() && batch * M * K * N >= at::get_num_threads() * kParallelWork)
-      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) { for (int64_t b = b0; b < b1; ++b) one(b); });
-    else
-      for (int64_t b = 0; b < batch; ++b) one(b);
+    each_product(batch, batch * M * K * N, one);
   };
   const bool xf = xt == at::kFloat, wf = wt == at::kFloat, yf = yt == at::kFloat;
   if (xf && wf) each(float(), float(), float());
