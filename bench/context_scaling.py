@@ -58,7 +58,7 @@ def filled_cache(model, max_context: int, block_size: int, scales: dict, shuffle
     """A paged cache whose rows [0, max_context) hold N(0, std) values in every layer and kind."""
     from deepseek.engine.cache import PagedKVCache
     from deepseek.model.fp8 import fake_quantize_activation
-    from deepseek.model.indexer import sketch_keys
+    from deepseek.model.indexer import store_sketch
 
     num_blocks = -(-(max_context + 1) // block_size)
     kv = PagedKVCache(model.config, model.num_cache_layers, num_blocks, block_size, model.dtype)
@@ -73,8 +73,7 @@ def filled_cache(model, max_context: int, block_size: int, scales: dict, shuffle
                 if kind == "index_k":                    # real indexer keys are FP8 values
                     chunk = fake_quantize_activation(chunk)
                     if kv.index_sketch is not None:      # ... and their int8 sketch goes with them
-                        for dst, src in zip(kv.index_sketch[layer], sketch_keys(chunk)):
-                            dst.flatten(0, 1)[start:start + chunk.shape[0]] = src
+                        store_sketch(kv.index_sketch[layer], torch.arange(start, start + chunk.shape[0]), chunk)
                 rows[start:start + chunk.shape[0]] = chunk
     return Filled(kv, [int(b) for b in order])
 

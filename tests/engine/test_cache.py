@@ -54,7 +54,7 @@ def test_paged_cache_gives_the_model_the_same_logits_as_a_contiguous_cache(model
 def test_long_sparse_decode_scans_the_paged_key_sketch_and_picks_what_the_keys_would(model):
     """Past 256 = 4 x index_topk keys a sparse decode step scans the int8 key sketch: each stored
     sketch row is the sketch of its stored key, and the logits equal those of a cache without one."""
-    from deepseek.model.indexer import sketch_keys
+    from deepseek.model.indexer import sketch_rows, sketch_rows_at
 
     tokens = tokens_of(290, seed=0)
     blocks = torch.randperm(32, generator=torch.Generator().manual_seed(0))[:19].tolist()  # scattered
@@ -65,9 +65,10 @@ def test_long_sparse_decode_scans_the_paged_key_sketch_and_picks_what_the_keys_w
     plain.index_sketch = None                      # the bf16 screen over the keys themselves
     assert torch.equal(got, run_chunks(model, plain, tokens, chunks))
     for layer in range(model.config.num_hidden_layers):
-        fresh = sketch_keys(view.load_index_keys(layer, 0, 290))
-        for stored, want in zip(view.load_index_sketch(layer, 0, 290), fresh):
-            assert torch.equal(stored, want)
+        stored = view.load_index_sketch(layer, 0, 290)
+        assert torch.equal(stored.slots, view.slots[0][:290])              # read in place, by slot
+        for got, want in zip(sketch_rows_at(*stored), sketch_rows(view.load_index_keys(layer, 0, 290))):
+            assert torch.equal(got, want)
 
 
 @torch.no_grad()

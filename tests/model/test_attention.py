@@ -185,7 +185,7 @@ def test_tensor_only_decode_equals_step_on_the_same_dense_decode_batch(tiny_mode
     """`Transformer.decode` (what the engine runs, and compiles, for dense decode steps) against
     `step` on the same batch: three sequences of different lengths, one new token each."""
     from deepseek.model.cache import DecodeRows
-    from deepseek.model.indexer import KeySketch, sketch_keys
+    from deepseek.model.indexer import sketch_rows, sketch_rows_at
 
     lengths, max_len = (5, 17, 40), 48
     g = torch.Generator().manual_seed(3)
@@ -205,7 +205,7 @@ def test_tensor_only_decode_equals_step_on_the_same_dense_decode_batch(tiny_mode
     c = caches[1]
     slot_table = torch.arange(len(lengths) * max_len).view(len(lengths), max_len)
     rows = DecodeRows.from_slot_table(flat(c.latent), flat(c.k_pe), flat(c.index_k),
-                                      [KeySketch(*flat(s)) for s in c.index_sketch], slot_table, positions)
+                                      c.index_sketch, slot_table, positions)
     decoded = tiny_model.decode(new, positions, rows)
     assert torch.equal(decoded, stepped)
     for kind in ("latent", "k_pe", "index_k", "index_sketch"):
@@ -214,7 +214,8 @@ def test_tensor_only_decode_equals_step_on_the_same_dense_decode_batch(tiny_mode
                 assert torch.equal(x, y), kind
     layers = tiny_model.config.num_hidden_layers             # (the cache's last layer is MTP's)
     for keys, sketch in zip(c.index_k[:layers], c.index_sketch[:layers]):    # every written key's sketch
-        written = keys.abs().amax(-1) > 0
-        assert int(written.sum()) == sum(lengths) + 3
-        for got, want in zip(sketch, sketch_keys(keys)):
-            assert torch.equal(got[written], want[written])
+        keys = keys.flatten(0, 1)                                           # slot b * max_len + t
+        written = (keys.abs().amax(-1) > 0).nonzero().squeeze(1)
+        assert written.numel() == sum(lengths) + 3
+        for got, want in zip(sketch_rows_at(sketch, written), sketch_rows(keys[written])):
+            assert torch.equal(got, want)

@@ -183,13 +183,33 @@ def test_sketched_decode_selection_equals_the_exact_one(tiny_model, length):
                 assert torch.equal(torch.sort(sketched).values, torch.sort(exact).values), seed
 
 
+def test_sketch_bounds_hold_and_do_not_depend_on_where_the_keys_lie(tiny_model):
+    """The kernel's bounds bracket every exact score, and are the same bits whether the keys lie in
+    whole 16-slot groups (read in place) or in scattered blocks of 4 slots (copied into groups)."""
+    from deepseek.model.indexer import (SketchedKeys, empty_key_sketch, exact_scores, sketch_keys,
+                                        sketch_score_bounds, store_sketch)
+
+    indexer, cfg = tiny_model.model.layers[2].self_attn.indexer, tiny_model.config
+    length, block = 301, 4
+    keys, q, w = _real_keys_and_queries(indexer, cfg, length, 7)
+    exact = exact_scores(q[None], w[None], keys)[0]
+    table = torch.randperm(2 * length // block, generator=torch.Generator().manual_seed(1))[:-(-length // block)]
+    slots = (table[:, None] * block + torch.arange(block)).flatten()[:length]
+    scattered = empty_key_sketch(2 * length, cfg.index_head_dim, "cpu")
+    store_sketch(scattered, slots, keys)
+    grid = sketch_score_bounds(q, w, sketch_keys(keys), indexer.key_norm_bound())
+    lower, upper = sketch_score_bounds(q, w, SketchedKeys(scattered, slots), indexer.key_norm_bound())
+    assert torch.equal(lower, grid[0]) and torch.equal(upper, grid[1])
+    assert bool((lower <= exact).all()) and bool((exact <= upper).all())
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(-1e4, 1e4, width=16), min_size=16, max_size=16), st.integers(-30, 30))
 def test_a_key_sketch_stays_within_its_residual(values, exponent):
-    from deepseek.model.indexer import sketch_keys
+    from deepseek.model.indexer import sketch_rows
 
     key = (torch.tensor(values) * 2.0 ** exponent).to(torch.bfloat16)[None]
-    rows, scale, residual = sketch_keys(key)
+    rows, scale, residual = sketch_rows(key)
     assert rows.dtype == torch.int8 and int(rows.abs().max()) <= 127
     assert float(scale) == 2.0 ** round(math.log2(float(scale)))              # a power of two
     error = (key.double() - rows.double() * scale.double()[:, None]).norm(dim=1)
@@ -199,20 +219,20 @@ def test_a_key_sketch_stays_within_its_residual(values, exponent):
 
 
 def test_the_largest_bf16_mantissa_is_clamped_into_int8():
-    from deepseek.model.indexer import sketch_keys
+    from deepseek.model.indexer import sketch_rows
 
     key = torch.tensor([[2 - 2 ** -7, -(2 - 2 ** -7)] + [0.01] * 14], dtype=torch.bfloat16)  # 127.5 x scale
-    rows, scale, residual = sketch_keys(key)
+    rows, scale, residual = sketch_rows(key)
     assert rows[0, :2].tolist() == [127, -127] and float(scale) == 2 ** -6
     assert float((key.double() - rows.double() * scale.double()).norm()) <= float(residual)
 
 
 def test_fp8_keys_lose_only_their_small_entries_in_the_sketch(tiny_model):
-    from deepseek.model.indexer import sketch_keys
+    from deepseek.model.indexer import sketch_rows
 
     indexer, cfg = tiny_model.model.layers[1].self_attn.indexer, tiny_model.config
     keys, _, _ = _real_keys_and_queries(indexer, cfg, 64, 0)
-    rows, scale, _ = sketch_keys(keys)
+    rows, scale, _ = sketch_rows(keys)
     big = keys.float().abs() >= keys.float().abs().amax(dim=1, keepdim=True) / 8
     assert torch.equal((rows.float() * scale.float()[:, None])[big], keys.float()[big])
 

@@ -19,7 +19,7 @@ import torch
 
 from ..model.cache import DecodeRows
 from ..model.config import ModelConfig
-from ..model.indexer import KeySketch, empty_key_sketch, sketch_bytes, sketch_keys, sketch_supported
+from ..model.indexer import KeySketch, SketchedKeys, empty_key_sketch, sketch_bytes, sketch_supported, store_sketch
 
 
 class PagedKVCache:
@@ -41,8 +41,8 @@ class PagedKVCache:
             self.index_k = [torch.zeros(num_blocks, block_size, config.index_head_dim, dtype=torch.bfloat16,
                                         device=device) for _ in range(num_layers)]
             if sketch_supported(config.index_head_dim, device):
-                self.index_sketch = [empty_key_sketch((num_blocks, block_size), config.index_head_dim, device)
-                                     for _ in range(num_layers)]
+                self.index_sketch = [empty_key_sketch(num_blocks * block_size, config.index_head_dim, device)
+                                     for _ in range(num_layers)]             # by slot
 
     @staticmethod
     def bytes_per_block(config: ModelConfig, num_layers: int, block_size: int,
@@ -71,9 +71,8 @@ class PagedKVCache:
         index_sketch. Made once: they view storage that never moves."""
         if self._flat_layers is None:
             index_k = [_flat(t) for t in self.index_k] if self.index_k is not None else None
-            sketch = ([KeySketch(*(_flat(t) for t in s)) for s in self.index_sketch]
-                      if self.index_sketch is not None else None)
-            self._flat_layers = [_flat(t) for t in self.latent], [_flat(t) for t in self.k_pe], index_k, sketch
+            self._flat_layers = ([_flat(t) for t in self.latent], [_flat(t) for t in self.k_pe], index_k,
+                                 self.index_sketch)
         return self._flat_layers
 
     _flat_layers = None
@@ -146,8 +145,7 @@ class PagedCacheView:
         if c.index_k is not None and index_k is not None:
             _flat(c.index_k[layer]).index_copy_(0, slots, index_k.to(torch.bfloat16))
             if c.index_sketch is not None:
-                for dst, src in zip(c.index_sketch[layer], sketch_keys(index_k)):
-                    _flat(dst).index_copy_(0, slots, src)
+                store_sketch(c.index_sketch[layer], slots, index_k)
 
     def load(self, layer: int, seq: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows `[0, end)` of sequence `seq`: (latent [T, R], k_pe [T, Dr], index_k [T, Di] or None)."""
@@ -159,10 +157,11 @@ class PagedCacheView:
         """Indexer keys of rows `[0, end)` of sequence `seq`: [T, Di]."""
         return self._rows(self.cache.index_k[layer], seq, end)
 
-    def load_index_sketch(self, layer: int, seq: int, end: int) -> KeySketch | None:
-        """The int8 sketch of those keys, or None where this cache keeps none."""
+    def load_index_sketch(self, layer: int, seq: int, end: int) -> SketchedKeys | None:
+        """The int8 sketch of those keys (read in place, through their slots), or None where this
+        cache keeps none."""
         sketch = self.cache.index_sketch
-        return KeySketch(*(self._rows(t, seq, end) for t in sketch[layer])) if sketch is not None else None
+        return SketchedKeys(sketch[layer], self._slots(seq, end)) if sketch is not None else None
 
     def gather(self, layer: int, seq: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent and k_pe rows at `positions` [K] of sequence `seq`: [K, R], [K, Dr]."""

@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 
 from .config import ModelConfig
-from .indexer import KeySketch, empty_key_sketch, sketch_keys, sketch_supported
+from .indexer import KeySketch, SketchedKeys, empty_key_sketch, sketch_supported, store_sketch
 
 
 class KVCache(Protocol):
@@ -43,9 +43,10 @@ class KVCache(Protocol):
     def load_index_keys(self, layer: int, seq: int, end: int) -> torch.Tensor:
         """Indexer keys of rows `[0, end)`: [T, Di]."""
 
-    def load_index_sketch(self, layer: int, seq: int, end: int) -> KeySketch | None:
-        """The int8 sketch of those keys ([T, Di], [T], [T]), or None if this cache keeps none.
-        With it, this is the only O(T) read of a long-context sparse decode step."""
+    def load_index_sketch(self, layer: int, seq: int, end: int) -> SketchedKeys | None:
+        """The int8 sketch of those keys (the layer's sketch storage and the keys' slots [T]), or None
+        if this cache keeps none. With it, the scan of the sketch is the only O(T) read of a
+        long-context sparse decode step."""
 
     def gather(self, layer: int, seq: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent and k_pe rows at `positions` [K] (all < the written length): [K, R], [K, Dr]."""
@@ -120,7 +121,7 @@ class DecodeRows:
     latent: list[torch.Tensor]
     k_pe: list[torch.Tensor]
     index_k: list[torch.Tensor] | None
-    index_sketch: list[KeySketch] | None       # flat [slots, Di], [slots], [slots] per layer
+    index_sketch: list[KeySketch] | None       # each layer's sketch storage, by the same slots
     write_slots: torch.Tensor   # [B] int64
     read_slots: torch.Tensor    # [B, K] int64
     visible: torch.Tensor       # [B, K] bool
@@ -144,8 +145,7 @@ class DecodeRows:
         if self.index_k is not None and index_k is not None:
             self.index_k[layer].index_copy_(0, self.write_slots, index_k.to(self.index_k[layer].dtype))
             if self.index_sketch is not None:
-                for dst, src in zip(self.index_sketch[layer], sketch_keys(index_k)):
-                    dst.index_copy_(0, self.write_slots, src)
+                store_sketch(self.index_sketch[layer], self.write_slots, index_k)
 
 
 class ContiguousCache:
@@ -166,7 +166,8 @@ class ContiguousCache:
             self.index_k = [torch.zeros(batch_size, max_len, config.index_head_dim, dtype=torch.bfloat16,
                                         device=device) for _ in range(num_layers)]
             if sketch_supported(config.index_head_dim, device):
-                self.index_sketch = [empty_key_sketch((batch_size, max_len), config.index_head_dim, device)
+                # slot b * max_len + t holds position t of sequence b
+                self.index_sketch = [empty_key_sketch(batch_size * max_len, config.index_head_dim, device)
                                      for _ in range(num_layers)]
 
     def store_tokens(self, layer, seqs, positions, latent, k_pe, index_k) -> None:
@@ -177,8 +178,7 @@ class ContiguousCache:
         if self.index_k is not None and index_k is not None:
             self.index_k[layer][seqs, positions] = index_k.to(torch.bfloat16)
             if self.index_sketch is not None:
-                for dst, src in zip(self.index_sketch[layer], sketch_keys(index_k)):
-                    dst[seqs, positions] = src
+                store_sketch(self.index_sketch[layer], seqs * self.max_len + positions, index_k)
 
     def load(self, layer, seq, end):
         index_k = self.index_k[layer][seq, :end] if self.index_k is not None else None
@@ -190,7 +190,8 @@ class ContiguousCache:
     def load_index_sketch(self, layer, seq, end):
         if self.index_sketch is None:
             return None
-        return KeySketch(*(t[seq, :end] for t in self.index_sketch[layer]))
+        slots = torch.arange(seq * self.max_len, seq * self.max_len + end, device=self.index_k[layer].device)
+        return SketchedKeys(self.index_sketch[layer], slots)
 
     def gather(self, layer, seq, positions):
         return self.latent[layer][seq, positions], self.k_pe[layer][seq, positions]

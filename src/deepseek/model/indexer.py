@@ -112,13 +112,13 @@ class Indexer(nn.Module):
         return out.masked_fill_(causal, float("-inf"))
 
     def select(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor, start: int,
-               cos: torch.Tensor, sin: torch.Tensor, sketch: KeySketch | None = None) -> torch.Tensor:
+               cos: torch.Tensor, sin: torch.Tensor, sketch: SketchedKeys | None = None) -> torch.Tensor:
         """Top-k key positions per query, [S, min(index_topk, T)] int64, ascending.
 
         Early prefill rows have fewer than k visible keys; their surplus picks are future positions
         (score −inf), which the attention's causal mask removes again (spec §8.5). A decode step over a
         long context takes the screened path, which returns the very same set, faster; with the
-        keys' int8 `sketch` [T] (see `KeySketch`), faster still.
+        keys' int8 `sketch` (see `KeySketch`), faster still.
         """
         k = min(self.index_topk, keys.shape[0])
         if self.screens(keys, x.shape[0]):
@@ -174,15 +174,18 @@ def screened_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, k: int, 
     accumulation = float(w.abs() @ q.norm(dim=1)) * 4 * q.shape[1] * 2 ** -24 * key_norm
     score = torch.mm(w[None], approx.relu()).squeeze(0)                          # [T]
     error = torch.mm(w.abs()[None], approx.abs()).squeeze(0).mul_(2 ** -7).add_(accumulation).mul_(1 + 2 ** -10)
-    return _rescore(q, w, keys, score, error, k)
+    return _rescore(q, w, keys, score - error, score + error, k)
 
 
 class KeySketch(NamedTuple):
-    """An int8 approximation of cached indexer keys, read by the long-context decode scan instead of
-    the bf16 keys: half the bytes, and torch's int8 weight-only GEMM kernel runs several times
-    faster than a bf16 GEMM with 4-64 rows. `scale * rows[t]` is within `residual[t]` (L2) of key t.
+    """Storage for an int8 approximation of cached indexer keys, one per slot: what the long-context
+    decode scan reads instead of the bf16 keys (half the bytes, and the CPU's int8 dot products).
+    `scale[s] * row_s` is within `residual[s]` (L2) of the key in slot s, where row_s is the slot's
+    int8 row (`sketch_rows`).
 
-    rows [..., Di] int8, scale [...] bf16 (powers of two), residual [...] fp32.
+    Rows are kept offset by 128 as uint8 and interleaved in groups of 16 slots, the layout the
+    kernel reads (csrc/key_sketch.cpp): entry d of slot 16g + j is rows[g, d // 4, j, d % 4].
+    rows [slots / 16, Di / 4, 16, 4] uint8, scale [slots] bf16 (powers of two), residual [slots] fp32.
     """
 
     rows: torch.Tensor
@@ -190,8 +193,16 @@ class KeySketch(NamedTuple):
     residual: torch.Tensor
 
 
-def sketch_keys(keys: torch.Tensor) -> KeySketch:
-    """The sketch of keys [..., Di] as a cache holds them (in bf16).
+class SketchedKeys(NamedTuple):
+    """One sequence's T keys in a sketch: the storage, and the slot of each position, slots [T] int64."""
+
+    sketch: KeySketch
+    slots: torch.Tensor
+
+
+def sketch_rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sketch of keys [..., Di] as a cache holds them (in bf16): int8 rows [..., Di], scale [...]
+    bf16 and residual [...] fp32.
 
     Each row's scale is 2^(e - 6), where 2^e <= max|k| < 2^(e+1), so the largest entry maps into
     [64, 128]. Every entry of an FP8 key (3 mantissa bits) of at least 2^(e-3) is then an exact
@@ -203,21 +214,44 @@ def sketch_keys(keys: torch.Tensor) -> KeySketch:
     scale = torch.exp2(torch.floor(torch.log2(top)) - 6)
     rows = torch.round(k / scale.unsqueeze(-1)).clamp_(-127, 127)
     residual = (k - rows * scale.unsqueeze(-1)).norm(dim=-1) * (1 + 2 ** -16)
-    return KeySketch(rows.to(torch.int8), scale.to(torch.bfloat16), residual)
+    return rows.to(torch.int8), scale.to(torch.bfloat16), residual
 
 
 def sketch_supported(head_dim: int, device: torch.device | str) -> bool:
-    """Whether caches keep a key sketch: the int8 kernel runs on CPU only, and needs Di to be a
-    multiple of 16 (its vector width; it loads aligned rows, which rows of a multiple of 16 bytes in
-    an aligned buffer are)."""
-    return torch.device(device).type == "cpu" and head_dim % 16 == 0
+    """Whether caches keep a key sketch: its kernel runs on CPUs with int8 dot products
+    (`kernels.int8_dot`), over keys of a multiple of 4 dims."""
+    return torch.device(device).type == "cpu" and head_dim % 4 == 0 and kernels.int8_dot()
 
 
-def empty_key_sketch(shape: tuple[int, ...], head_dim: int, device: torch.device | str) -> KeySketch:
-    """Zeroed sketch storage for keys of `shape` (e.g. [blocks, block_size])."""
-    return KeySketch(torch.zeros(*shape, head_dim, dtype=torch.int8, device=device),
-                     torch.zeros(shape, dtype=torch.bfloat16, device=device),
-                     torch.zeros(shape, dtype=torch.float32, device=device))
+def empty_key_sketch(slots: int, head_dim: int, device: torch.device | str) -> KeySketch:
+    """Zeroed sketch storage for `slots` keys (rounded up to a multiple of 16)."""
+    groups = -(-slots // 16)
+    return KeySketch(torch.zeros(groups, head_dim // 4, 16, 4, dtype=torch.uint8, device=device),
+                     torch.zeros(groups * 16, dtype=torch.bfloat16, device=device),
+                     torch.zeros(groups * 16, dtype=torch.float32, device=device))
+
+
+def store_sketch(sketch: KeySketch, slots: torch.Tensor, keys: torch.Tensor) -> None:
+    """Write the sketch of keys [N, Di] into `sketch` at slots [N]."""
+    rows, scale, residual = sketch_rows(keys)
+    offset = (rows.to(torch.int16) + 128).to(torch.uint8).view(rows.shape[0], -1, 4)
+    sketch.rows[slots // 16, :, slots % 16] = offset
+    sketch.scale[slots] = scale
+    sketch.residual[slots] = residual
+
+
+def sketch_rows_at(sketch: KeySketch, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What `store_sketch` wrote at slots [N]: `sketch_rows`' int8 rows [N, Di], scale and residual."""
+    rows = sketch.rows[slots // 16, :, slots % 16].reshape(slots.shape[0], -1)
+    return (rows.to(torch.int16) - 128).to(torch.int8), sketch.scale[slots], sketch.residual[slots]
+
+
+def sketch_keys(keys: torch.Tensor) -> SketchedKeys:
+    """A sketch of its own for keys [T, Di], at slots 0..T-1."""
+    sketch = empty_key_sketch(keys.shape[0], keys.shape[1], keys.device)
+    slots = torch.arange(keys.shape[0], device=keys.device)
+    store_sketch(sketch, slots, keys)
+    return SketchedKeys(sketch, slots)
 
 
 def sketch_bytes(head_dim: int) -> int:
@@ -225,29 +259,58 @@ def sketch_bytes(head_dim: int) -> int:
     return head_dim + 2 + 4
 
 
-def sketched_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, sketch: KeySketch, k: int,
+def sketched_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, sketched: SketchedKeys, k: int,
                   key_norm: float) -> torch.Tensor:
-    """`screened_topk` with the O(T) scan over the int8 sketch: the same exact result.
+    """`screened_topk` with the O(T) scan over the int8 sketch (`sketch_score_bounds`): the same
+    exact result."""
+    return _rescore(q, w, keys, *sketch_score_bounds(q, w, sketched, key_norm), k)
 
-    The kernel computes q_h · (scale_t · rows_t) in fp32 (the products are exact: an int8 times a
-    power of two) and rounds the sum to bf16. A score's error bound adds, per head, what the sketch
-    lost, |q_h · e_t| <= ||q_h|| · residual_t (Cauchy-Schwarz), to the two terms of the bf16 screen.
+
+def sketch_score_bounds(q: torch.Tensor, w: torch.Tensor, sketched: SketchedKeys,
+                        key_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds [T] on one query's index scores of the keys in a sketch.
+
+    The query goes to int8 in two parts, q_h = s_h·hi_h + (s_h/128)·lo_h + δ_h (powers of two s_h),
+    and the kernel (`kernels.sketch_bounds`) takes the parts' exact integer dot products with each
+    sketch row. Its logit a_h is q̃_h · k̃_t up to one fp32 rounding, where q̃, k̃ are the quantized
+    query and key; the true logit differs by q_h · (k_t - k̃_t) + δ_h · k̃_t, at most
+    ||q_h||·residual_t + ||δ_h||·(key_norm + residual_t) (Cauchy-Schwarz; ||k̃_t|| <= ||k_t|| +
+    residual_t). ReLU is 1-Lipschitz, so a score errs by at most Σ_h |w_h| times that, plus the
+    fp32 roundings of the sum (Hi + 4 of 2^-24, relative to Σ_h |w_h a_h|).
     """
-    approx = torch._weight_int8pack_mm(q.to(torch.bfloat16), sketch.rows, sketch.scale).float()  # [Hi, T]
-    head = float(w.abs() @ q.norm(dim=1))                                        # Σ_h |w_h| ||q_h||
-    accumulation = 4 * q.shape[1] * 2 ** -24
-    score = torch.mm(w[None], approx.relu()).squeeze(0)                          # [T]
-    error = torch.mm(w.abs()[None], approx.abs()).squeeze(0).mul_(2 ** -7)
-    error.add_(sketch.residual * (head * (1 + accumulation))).add_(head * accumulation * key_norm)
-    return _rescore(q, w, keys, score, error.mul_(1 + 2 ** -10), k)
+    q8, qscale, lost = _two_int8_parts(q)
+    w_abs, q_norm = w.double().abs(), q.double().norm(dim=1)
+    up = 1 + 2 ** -20
+    c1 = float(w_abs @ (q_norm + lost)) * up
+    c2 = float(w_abs @ lost) * key_norm * up
+    rel = (q.shape[0] + 4) * 2 ** -24
+    sketch = sketched.sketch
+    lower, upper = kernels.sketch_bounds(sketch.rows, sketch.scale, sketch.residual, sketched.slots, q8, qscale,
+                                         w.float().contiguous(), c1, c2, rel)
+    return lower, upper
 
 
-def _rescore(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, score: torch.Tensor,
-             error: torch.Tensor, k: int) -> torch.Tensor:
-    """Every key whose score can reach the top-k (upper bound >= the k-th best lower bound), rescored
-    exactly and ranked with the usual tie rule: [k] positions."""
-    floor = _kth_largest_floor(score - error, k)
-    candidates = (score + error >= floor).nonzero().squeeze(1)                    # ascending positions
+def _two_int8_parts(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [Hi, Di] as int8 parts [Hi, 2, Di] with their power-of-two scales [Hi, 2] fp32, and the L2
+    norm of what they miss, ||δ_h|| [Hi] fp64 (exact arithmetic: fp64 holds every step)."""
+    x = q.double()
+    top = x.abs().amax(dim=1).clamp_min(2.0 ** -100)
+    s0 = torch.exp2(torch.ceil(torch.log2(top / 127)))                             # |x / s0| <= 127
+    hi = torch.round(x / s0[:, None])
+    left = x - hi * s0[:, None]                                                   # |left| <= s0 / 2
+    s1 = s0 / 128
+    lo = torch.round(left / s1[:, None])                                          # |lo| <= 64
+    lost = (left - lo * s1[:, None]).norm(dim=1)
+    parts = torch.stack((hi, lo), dim=1).to(torch.int8).contiguous()
+    return parts, torch.stack((s0, s1), dim=1).float(), lost
+
+
+def _rescore(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, lower: torch.Tensor,
+             upper: torch.Tensor, k: int) -> torch.Tensor:
+    """Every key whose score can reach the top-k (its upper bound >= the k-th best lower bound),
+    rescored exactly and ranked with the usual tie rule: [k] positions."""
+    floor = _kth_largest_floor(lower, k)
+    candidates = (upper >= floor).nonzero().squeeze(1)                            # ascending positions
     exact = exact_scores(q[None], w[None], keys.index_select(0, candidates))     # [1, C]
     return candidates[topk_positions(exact, k)[0]]
 

@@ -7,7 +7,8 @@ though both read the weight once. `small_gemm` (x @ W) and `small_gemm_nt` (x @ 
 matrix once per 4 rows with AVX-512, widening bf16 on the fly, and sum in fp32 in a fixed order, so
 a row's result is the same whatever else shares its batch. bf16 x bf16 products use the CPU's bf16
 pair dot products where it has them (`bf16_dot`). `latent_attention` runs MLA's decode attention
-over the paged cache rows where they lie, and `argmax` the sampler's greedy pick. They are built
+over the paged cache rows where they lie, `sketch_bounds` the indexer's long-context scan over its
+int8 key sketch (AVX512-VNNI), and `argmax` the sampler's greedy pick. They are built
 with OpenMP and share a call's work among torch's threads when it is big enough to pay for waking
 them, without changing the order of any sum.
 
@@ -31,7 +32,7 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "small_gemm.cpp", CSRC / "latent_attention.cpp", CSRC / "argmax.cpp"]
+SOURCES = [CSRC / "small_gemm.cpp", CSRC / "latent_attention.cpp", CSRC / "argmax.cpp", CSRC / "key_sketch.cpp"]
 FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"]
 
 
@@ -96,6 +97,10 @@ def available() -> bool:
     @torch.library.register_fake("deepseek_kernels::latent_attention")
     def _(q_lat, q_pe, latent, k_pe, slots, visible, scale):
         return q_lat.new_empty(q_lat.shape, dtype=latent.dtype)
+
+    @torch.library.register_fake("deepseek_kernels::sketch_bounds")
+    def _(rows, scale, residual, slots, q, qscale, w, c1, c2, rel):
+        return residual.new_empty(2, slots.shape[0])
 
     return True
 
@@ -175,6 +180,26 @@ def latent_attention(q_lat: torch.Tensor, q_pe: torch.Tensor, latent: torch.Tens
     slots[b, t] [B, K] where visible[b, t] (None: all). Returns o_lat [B, H, R] in the cache's dtype:
     softmax(scale · (q_lat·c + q_pe·k_pe)) rounded to that dtype, times the latent rows, summed in fp32."""
     return torch.ops.deepseek_kernels.latent_attention(q_lat, q_pe, latent, k_pe, slots, visible, scale)
+
+
+def sketch_bounds(rows: torch.Tensor, scale: torch.Tensor, residual: torch.Tensor, slots: torch.Tensor,
+                  q8: torch.Tensor, qscale: torch.Tensor, w: torch.Tensor, c1: float, c2: float,
+                  rel: float) -> torch.Tensor:
+    """Lower and upper bounds [2, T] on the index scores of the T keys at `slots` [T] of a key
+    sketch's storage (rows, scale, residual: see `indexer.KeySketch`), for a query in two int8
+    parts q8 [Hi, 2, Di] with their scales qscale [Hi, 2] and head weights w [Hi]. Per key:
+    score ∓ (residual · c1 + c2 + rel · Σ_h |w_h a_h|) · (1 + 2^-10), from the exact integer dot
+    products a_h of the parts with the sketch row (csrc/key_sketch.cpp). Only where `int8_dot()`."""
+    if not int8_dot():
+        raise RuntimeError("sketch_bounds needs the native kernels and a CPU with AVX512-VNNI")
+    return torch.ops.deepseek_kernels.sketch_bounds(rows, scale, residual, slots, q8.view(torch.int32), qscale,
+                                                    w, c1, c2, rel)
+
+
+@functools.cache
+def int8_dot() -> bool:
+    """Whether the CPU has the int8 dot products `sketch_bounds` runs on (AVX512-VNNI)."""
+    return available() and torch.ops.deepseek_kernels.int8_dot()
 
 
 def bf16_dot() -> bool:

@@ -112,7 +112,7 @@ class MLA(nn.Module):
                 out[sl] = self._expanded(q_nope[sl][None], q_pe[sl][None], c_all[None], pe_all[None], start, topk)[0]
             elif sparse:     # sparse decode: scan every indexer key (cheap), keep index_topk rows
                 keys = cache.load_index_keys(layer, seq, end)
-                # The sketch is read only where the scan uses it (a scattered block table copies it).
+                # The scan reads the keys' int8 sketch in place where it can (see Indexer.select).
                 sketch = cache.load_index_sketch(layer, seq, end) if self.indexer.screens(keys, 1) else None
                 picks = self.indexer.select(x[sl], qr[sl], keys, start, cos[sl], sin[sl], sketch)[0]
                 decodes.append((seq, sl.start, end, picks))
