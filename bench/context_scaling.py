@@ -126,8 +126,7 @@ def step_parts() -> list[tuple[object, str, str]]:
             (indexer, "screened_topk", "(inside select) screened scan + exact rescoring"),
             (indexer, "sketched_topk", "(inside select) int8 sketch scan + exact rescoring"),
             (indexer, "topk_positions", "(inside select) top-k with ties"),
-            (PagedCacheView, "gather", "cache read, top-k rows (sparse)"),
-            (PagedCacheView, "gather_batch", "cache read, top-k rows (sparse)"),
+            (PagedCacheView, "slots_of", "slots of the attended rows"),
             (MLA, "_absorbed", "attention core (absorbed MLA)")]
 
 

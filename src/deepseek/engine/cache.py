@@ -163,17 +163,14 @@ class PagedCacheView:
         sketch = self.cache.index_sketch
         return SketchedKeys(sketch[layer], self._slots(seq, end)) if sketch is not None else None
 
-    def gather(self, layer: int, seq: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent and k_pe rows at `positions` [K] of sequence `seq`: [K, R], [K, Dr]."""
-        slots = self.slots[seq][positions]
+    def layer_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's latent and k_pe storage by slot: [blocks * block_size, R], [.., Dr] views."""
         c = self.cache
-        return _flat(c.latent[layer]).index_select(0, slots), _flat(c.k_pe[layer]).index_select(0, slots)
+        return _flat(c.latent[layer]), _flat(c.k_pe[layer])
 
-    def gather_batch(self, layer: int, seqs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of several sequences: seqs [B], positions [B, K] -> [B, K, R], [B, K, Dr]."""
-        slots = self.slot_table[seqs[:, None], positions]                  # [B, K]
-        c = self.cache
-        return _flat(c.latent[layer])[slots], _flat(c.k_pe[layer])[slots]
+    def slots_of(self, seqs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Slots of positions [B, K] of the sequences seqs [B]: [B, K]."""
+        return self.slot_table[seqs[:, None], positions]
 
     def _rows(self, t: torch.Tensor, seq: int, end: int) -> torch.Tensor:
         """Rows [0, end) of one sequence from a layer tensor: a view when its blocks are one run."""

@@ -48,12 +48,12 @@ class KVCache(Protocol):
         if this cache keeps none. With it, the scan of the sketch is the only O(T) read of a
         long-context sparse decode step."""
 
-    def gather(self, layer: int, seq: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent and k_pe rows at `positions` [K] (all < the written length): [K, R], [K, Dr]."""
+    def layer_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's latent and k_pe storage by slot, [S, R] and [S, Dr] (views: nothing copied)."""
 
-    def gather_batch(self, layer: int, seqs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of several sequences at once: seqs [B], positions [B, K] -> [B, K, R], [B, K, Dr].
-        Padding entries must name a written row (position 0 will do); callers mask them."""
+    def slots_of(self, seqs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The slots of positions [B, K] (all written) of the sequences seqs [B]: [B, K] int64.
+        Padding entries must name a written position (0 will do); callers mask them."""
 
 
 @dataclass(frozen=True)
@@ -193,9 +193,8 @@ class ContiguousCache:
         slots = torch.arange(seq * self.max_len, seq * self.max_len + end, device=self.index_k[layer].device)
         return SketchedKeys(self.index_sketch[layer], slots)
 
-    def gather(self, layer, seq, positions):
-        return self.latent[layer][seq, positions], self.k_pe[layer][seq, positions]
+    def layer_rows(self, layer):
+        return self.latent[layer].flatten(0, 1), self.k_pe[layer].flatten(0, 1)    # slot b * max_len + t
 
-    def gather_batch(self, layer, seqs, positions):
-        rows = seqs[:, None].expand_as(positions)
-        return self.latent[layer][rows, positions], self.k_pe[layer][rows, positions]
+    def slots_of(self, seqs, positions):
+        return seqs[:, None] * self.max_len + positions

@@ -139,29 +139,31 @@ class MLA(nn.Module):
         return self.o_proj(out.reshape(b, -1))
 
     def _decode(self, decodes, q_nope, q_pe, cache, out) -> None:
-        """Decode form for every decoding sequence of the batch at once: their rows (all of them,
-        or the indexer's picks) are gathered into one padded [B, K] block and attended with bmm."""
-        if len(decodes) == 1:   # one sequence: no padding, and a zero-copy read where possible
-            seq, row, end, picks = decodes[0]
-            if picks is None:
-                c, pe, _ = cache.load(self.layer_id, seq, end)
-            else:
-                c, pe = cache.gather(self.layer_id, seq, picks)
-            out[row:row + 1] = self._absorbed(q_nope[row:row + 1], q_pe[row:row + 1], c[None], pe[None], None)
-            return
+        """Decode form for every decoding sequence of the batch at once: the rows each attends to
+        (all of them, or the indexer's picks) are named by slot, and the native kernel reads them
+        where they lie in the cache (torch's ops gather them)."""
         device = out.device
-        counts = torch.tensor([end if picks is None else picks.numel() for _, _, end, picks in decodes], device=device)
-        width = int(counts.max())
-        span = torch.arange(width, device=device)
-        visible = span[None, :] < counts[:, None]                                # [B, K]
-        positions = torch.where(visible, span[None, :], 0)                       # padding reads row 0
-        for i, (_, _, _, picks) in enumerate(decodes):
-            if picks is not None:
-                positions[i, :picks.numel()] = picks
         seqs = torch.tensor([d[0] for d in decodes], device=device)
-        rows = torch.tensor([d[1] for d in decodes], device=device)
-        c, pe = cache.gather_batch(self.layer_id, seqs, positions)
-        out[rows] = self._absorbed(q_nope[rows], q_pe[rows], c, pe, visible)
+        if len(decodes) == 1:   # one sequence: no padding
+            seq, row, end, picks = decodes[0]
+            if picks is None and not (self.native_kernels and not torch.is_grad_enabled()):
+                c, pe, _ = cache.load(self.layer_id, seq, end)    # torch's ops: a view where the rows are one run
+                out[row:row + 1] = self._absorbed(q_nope[row:row + 1], q_pe[row:row + 1], c[None], pe[None], None)
+                return
+            positions = (torch.arange(end, device=device) if picks is None else picks)[None]
+            rows, visible = slice(row, row + 1), None
+        else:
+            counts = torch.tensor([end if picks is None else picks.numel() for _, _, end, picks in decodes],
+                                  device=device)
+            span = torch.arange(int(counts.max()), device=device)
+            visible = span[None, :] < counts[:, None]                            # [B, K]
+            positions = torch.where(visible, span[None, :], 0)                   # padding reads row 0
+            for i, (_, _, _, picks) in enumerate(decodes):
+                if picks is not None:
+                    positions[i, :picks.numel()] = picks
+            rows = torch.tensor([d[1] for d in decodes], device=device)
+        latent, k_pe = cache.layer_rows(self.layer_id)
+        out[rows] = self._absorbed(q_nope[rows], q_pe[rows], latent, k_pe, visible, cache.slots_of(seqs, positions))
 
     def needs_index(self, context: int) -> bool:
         if self.indexer is None:
