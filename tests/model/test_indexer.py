@@ -203,6 +203,25 @@ def test_sketch_bounds_hold_and_do_not_depend_on_where_the_keys_lie(tiny_model):
     assert bool((lower <= exact).all()) and bool((exact <= upper).all())
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 3000), st.integers(0, 2 ** 31), st.booleans())
+def test_screen_candidates_are_the_keys_whose_upper_bound_reaches_the_floor(k, extra, seed, ties):
+    """The native candidate screen against its torch statement: the k-th largest block maximum of
+    the lower bounds as the floor (blocks of T // 8k, or every value), then upper >= floor."""
+    from deepseek.model import kernels
+    from deepseek.model.indexer import _kth_largest_floor
+
+    if not kernels.available():
+        pytest.skip("native kernels not built here")
+    g = torch.Generator().manual_seed(seed)
+    lower = torch.randn(k + extra, generator=g)
+    if ties:
+        lower = lower.round()
+    bounds = torch.stack((lower, lower + torch.rand(k + extra, generator=g)))
+    want = (bounds[1] >= _kth_largest_floor(bounds[0], k)).nonzero().squeeze(1)
+    assert torch.equal(kernels.screen_candidates(bounds, k), want)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(-1e4, 1e4, width=16), min_size=16, max_size=16), st.integers(-30, 30))
 def test_a_key_sketch_stays_within_its_residual(values, exponent):

@@ -174,7 +174,7 @@ def screened_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, k: int, 
     accumulation = float(w.abs() @ q.norm(dim=1)) * 4 * q.shape[1] * 2 ** -24 * key_norm
     score = torch.mm(w[None], approx.relu()).squeeze(0)                          # [T]
     error = torch.mm(w.abs()[None], approx.abs()).squeeze(0).mul_(2 ** -7).add_(accumulation).mul_(1 + 2 ** -10)
-    return _rescore(q, w, keys, score - error, score + error, k)
+    return _rescore(q, w, keys, torch.stack((score - error, score + error)), k)
 
 
 class KeySketch(NamedTuple):
@@ -263,54 +263,31 @@ def sketched_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, sketched
                   key_norm: float) -> torch.Tensor:
     """`screened_topk` with the O(T) scan over the int8 sketch (`sketch_score_bounds`): the same
     exact result."""
-    return _rescore(q, w, keys, *sketch_score_bounds(q, w, sketched, key_norm), k)
+    return _rescore(q, w, keys, sketch_score_bounds(q, w, sketched, key_norm), k)
 
 
 def sketch_score_bounds(q: torch.Tensor, w: torch.Tensor, sketched: SketchedKeys,
-                        key_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper bounds [T] on one query's index scores of the keys in a sketch.
+                        key_norm: float) -> torch.Tensor:
+    """Lower and upper bounds [2, T] on one query's index scores of the keys in a sketch.
 
-    The query goes to int8 in two parts, q_h = s_h·hi_h + (s_h/128)·lo_h + δ_h (powers of two s_h),
-    and the kernel (`kernels.sketch_bounds`) takes the parts' exact integer dot products with each
-    sketch row. Its logit a_h is q̃_h · k̃_t up to one fp32 rounding, where q̃, k̃ are the quantized
-    query and key; the true logit differs by q_h · (k_t - k̃_t) + δ_h · k̃_t, at most
-    ||q_h||·residual_t + ||δ_h||·(key_norm + residual_t) (Cauchy-Schwarz; ||k̃_t|| <= ||k_t|| +
-    residual_t). ReLU is 1-Lipschitz, so a score errs by at most Σ_h |w_h| times that, plus the
-    fp32 roundings of the sum (Hi + 4 of 2^-24, relative to Σ_h |w_h a_h|).
+    The kernel (`kernels.sketch_bounds`) splits q into two int8 parts and takes their exact integer
+    dot products with each sketch row; a bound adds, per head, what the sketch lost (at most
+    ||q_h||·residual_t, Cauchy-Schwarz), what the query's split lost (at most its exact L2 norm
+    times ||k̃_t|| <= key_norm + residual_t) and the fp32 roundings (csrc/key_sketch.cpp).
     """
-    q8, qscale, lost = _two_int8_parts(q)
-    w_abs, q_norm = w.double().abs(), q.double().norm(dim=1)
-    up = 1 + 2 ** -20
-    c1 = float(w_abs @ (q_norm + lost)) * up
-    c2 = float(w_abs @ lost) * key_norm * up
-    rel = (q.shape[0] + 4) * 2 ** -24
     sketch = sketched.sketch
-    lower, upper = kernels.sketch_bounds(sketch.rows, sketch.scale, sketch.residual, sketched.slots, q8, qscale,
-                                         w.float().contiguous(), c1, c2, rel)
-    return lower, upper
+    return kernels.sketch_bounds(sketch.rows, sketch.scale, sketch.residual, sketched.slots, q.float().contiguous(),
+                                 w.float().contiguous(), key_norm)
 
 
-def _two_int8_parts(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q [Hi, Di] as int8 parts [Hi, 2, Di] with their power-of-two scales [Hi, 2] fp32, and the L2
-    norm of what they miss, ||δ_h|| [Hi] fp64 (exact arithmetic: fp64 holds every step)."""
-    x = q.double()
-    top = x.abs().amax(dim=1).clamp_min(2.0 ** -100)
-    s0 = torch.exp2(torch.ceil(torch.log2(top / 127)))                             # |x / s0| <= 127
-    hi = torch.round(x / s0[:, None])
-    left = x - hi * s0[:, None]                                                   # |left| <= s0 / 2
-    s1 = s0 / 128
-    lo = torch.round(left / s1[:, None])                                          # |lo| <= 64
-    lost = (left - lo * s1[:, None]).norm(dim=1)
-    parts = torch.stack((hi, lo), dim=1).to(torch.int8).contiguous()
-    return parts, torch.stack((s0, s1), dim=1).float(), lost
-
-
-def _rescore(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, lower: torch.Tensor,
-             upper: torch.Tensor, k: int) -> torch.Tensor:
-    """Every key whose score can reach the top-k (its upper bound >= the k-th best lower bound),
-    rescored exactly and ranked with the usual tie rule: [k] positions."""
-    floor = _kth_largest_floor(lower, k)
-    candidates = (upper >= floor).nonzero().squeeze(1)                            # ascending positions
+def _rescore(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, bounds: torch.Tensor, k: int) -> torch.Tensor:
+    """Every key whose score can reach the top-k (its upper bound >= the k-th best lower bound;
+    bounds [2, T]), rescored exactly and ranked with the usual tie rule: [k] positions."""
+    if bounds.device.type == "cpu" and kernels.available():
+        candidates = kernels.screen_candidates(bounds, k)                         # ascending positions
+    else:
+        floor = _kth_largest_floor(bounds[0], k)
+        candidates = (bounds[1] >= floor).nonzero().squeeze(1)
     exact = exact_scores(q[None], w[None], keys.index_select(0, candidates))     # [1, C]
     return candidates[topk_positions(exact, k)[0]]
 
@@ -321,9 +298,9 @@ def _kth_largest_floor(values: torch.Tensor, k: int, spread: int = 8) -> torch.T
     own, so at least k elements of `values` do too."""
     block = values.numel() // (spread * k)
     if block < 2:
-        return values.topk(k).values.min()
+        return values.topk(k, sorted=False).values.min()
     maxima = values[:block * (values.numel() // block)].view(-1, block).amax(dim=1)
-    return maxima.topk(k).values.min()
+    return maxima.topk(k, sorted=False).values.min()
 
 
 def topk_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -334,7 +311,10 @@ def topk_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
     decode step pick other keys than a full forward. Here: every key strictly above the k-th best
     value, then the most recent keys tied with it.
     """
-    kth = scores.topk(k, dim=-1).values.amin(dim=-1, keepdim=True)          # [S, 1]
+    kth = scores.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)   # [S, 1]
+    at_least = scores >= kth                 # >= k a row; exactly k where the k-th value is not tied
+    if int(at_least.sum()) == at_least.numel() // scores.shape[-1] * k:
+        return at_least.nonzero()[:, 1].view(scores.shape[0], k)
     above = scores > kth
     ties = scores == kth
     missing = k - above.sum(dim=-1, keepdim=True)

@@ -99,7 +99,7 @@ def available() -> bool:
         return q_lat.new_empty(q_lat.shape, dtype=latent.dtype)
 
     @torch.library.register_fake("deepseek_kernels::sketch_bounds")
-    def _(rows, scale, residual, slots, q, qscale, w, c1, c2, rel):
+    def _(rows, scale, residual, slots, q, w, key_norm):
         return residual.new_empty(2, slots.shape[0])
 
     return True
@@ -183,17 +183,23 @@ def latent_attention(q_lat: torch.Tensor, q_pe: torch.Tensor, latent: torch.Tens
 
 
 def sketch_bounds(rows: torch.Tensor, scale: torch.Tensor, residual: torch.Tensor, slots: torch.Tensor,
-                  q8: torch.Tensor, qscale: torch.Tensor, w: torch.Tensor, c1: float, c2: float,
-                  rel: float) -> torch.Tensor:
+                  q: torch.Tensor, w: torch.Tensor, key_norm: float) -> torch.Tensor:
     """Lower and upper bounds [2, T] on the index scores of the T keys at `slots` [T] of a key
-    sketch's storage (rows, scale, residual: see `indexer.KeySketch`), for a query in two int8
-    parts q8 [Hi, 2, Di] with their scales qscale [Hi, 2] and head weights w [Hi]. Per key:
-    score ∓ (residual · c1 + c2 + rel · Σ_h |w_h a_h|) · (1 + 2^-10), from the exact integer dot
-    products a_h of the parts with the sketch row (csrc/key_sketch.cpp). Only where `int8_dot()`."""
+    sketch's storage (rows, scale, residual: see `indexer.KeySketch`), for the query q [Hi, Di] and
+    head weights w [Hi] (fp32), given key_norm >= every key's L2 norm. The query is split into two
+    int8 parts whose dot products with the sketch rows are exact integers; the bounds add what the
+    sketch, the split and fp32 rounding can have lost (csrc/key_sketch.cpp has the analysis). Only
+    where `int8_dot()`."""
     if not int8_dot():
         raise RuntimeError("sketch_bounds needs the native kernels and a CPU with AVX512-VNNI")
-    return torch.ops.deepseek_kernels.sketch_bounds(rows, scale, residual, slots, q8.view(torch.int32), qscale,
-                                                    w, c1, c2, rel)
+    return torch.ops.deepseek_kernels.sketch_bounds(rows, scale, residual, slots, q, w, key_norm)
+
+
+def screen_candidates(bounds: torch.Tensor, k: int) -> torch.Tensor:
+    """The positions [C] (ascending) whose upper bound reaches a lower bound on the k-th best score,
+    from bounds [2, T] fp32 (lower, upper): a superset of the true top-k. The floor is the k-th
+    largest maximum of blocks of T // (8k) lower bounds (all T where blocks would hold fewer than 2)."""
+    return torch.ops.deepseek_kernels.screen_candidates(bounds, k)
 
 
 @functools.cache

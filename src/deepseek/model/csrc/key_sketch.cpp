@@ -14,16 +14,30 @@
 // (positions -> slots); 16 positions on 16 consecutive slots starting a group (any block size that
 // is a multiple of 16) are read in place, other positions copied into a group of their own first.
 //
+// The query [H, Di] (fp32) is split here: q_h = s_h hi_h + (s_h / 128) lo_h + d_h, with int8 hi, lo
+// and powers of two s_h (|q_h / s_h| <= 127); d_h, what the parts miss, is known exactly (fp64).
 // Per key the kernel returns score -/+ err, where
 //     score = sum_h w[h] * relu(a[h, t])
 //     err   = (residual_t * c1 + c2 + rel * sum_h |w[h]| * |a[h, t]|) * (1 + 2^-10)
-// with c1, c2, rel from the caller's error analysis (indexer.py).
+// a[h, t] is q~_h . k~_t (the quantized query and key) up to one fp32 rounding; the true logit
+// q_h . k_t differs by q_h . (k_t - k~_t) + d_h . k~_t, at most ||q_h|| residual_t +
+// ||d_h|| (key_norm + residual_t) (Cauchy-Schwarz, with ||k~_t|| <= ||k_t|| + residual_t and
+// key_norm >= every ||k_t||). ReLU is 1-Lipschitz, so a score errs by at most sum_h |w_h| times that:
+//     c1 = sum_h |w_h| (||q_h|| + ||d_h||),  c2 = key_norm sum_h |w_h| ||d_h||   (both rounded up),
+// plus the fp32 roundings of the logits and of the sum, rel = (H + 4) 2^-24 of sum_h |w_h a_h|.
+//
+// screen_candidates(bounds, k) -> [C] int64: the positions whose upper bound reaches the k-th best
+// lower bound (so every key of the true top-k), ascending. That lower bound is the k-th largest
+// maximum of blocks of T / (8 k) lower bounds (each block's maximum is some key's, so k blocks give
+// k distinct keys at least that high), or of all T where blocks would hold fewer than 2.
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <vector>
 
 #include "vec.h"
@@ -38,12 +52,58 @@ struct Screen {
   const float* residual;        // [16 G]
   int64_t C;                    // Di / 4
   int64_t H;
-  const int32_t* q;             // [H][2][C]: 4 bytes of int8 query parts each
-  const float* qscale;          // [H][2]
+  std::vector<int32_t> q;       // [H][2][C]: 4 bytes of int8 query parts each
+  std::vector<float> qscale;    // [H][2]
   const float* w;               // [H]
   std::vector<float> offset;    // [H][2]: 128 * sum of that part's bytes
   float c1, c2, rel;
 };
+
+// The query's int8 parts and the error terms (see the top of this file).
+void split_query(Screen& s, const float* q, int64_t Di, double key_norm) {
+  const int64_t H = s.H;
+  s.q.assign(H * 2 * s.C, 0);
+  s.qscale.assign(2 * H, 0.0f);
+  s.offset.assign(2 * H, 0.0f);
+  double c1 = 0, c2 = 0;
+  for (int64_t h = 0; h < H; ++h) {
+    const float* x = q + h * Di;
+    double top = 0, norm = 0;
+    for (int64_t d = 0; d < Di; ++d) {
+      top = std::max(top, std::fabs(double(x[d])));
+      norm += double(x[d]) * x[d];
+    }
+    int e = 0;
+    std::frexp(top / 127, &e);                 // top / 127 < 2^e
+    const double s0 = top > 0 ? std::ldexp(1.0, e) : 1.0, s1 = s0 / 128;
+    int8_t* hi = reinterpret_cast<int8_t*>(s.q.data() + (2 * h) * s.C);
+    int8_t* lo = reinterpret_cast<int8_t*>(s.q.data() + (2 * h + 1) * s.C);
+    double lost = 0;
+    int32_t sum_hi = 0, sum_lo = 0;
+    for (int64_t d = 0; d < Di; ++d) {         // every step exact in fp64
+      const double a = std::clamp(std::nearbyint(x[d] / s0), -127.0, 127.0);
+      const double left = x[d] - a * s0;
+      const double b = std::clamp(std::nearbyint(left / s1), -127.0, 127.0);
+      const double miss = left - b * s1;
+      hi[d] = static_cast<int8_t>(a);
+      lo[d] = static_cast<int8_t>(b);
+      sum_hi += hi[d];
+      sum_lo += lo[d];
+      lost += miss * miss;
+    }
+    s.qscale[2 * h] = static_cast<float>(s0);
+    s.qscale[2 * h + 1] = static_cast<float>(s1);
+    s.offset[2 * h] = static_cast<float>(128 * sum_hi);     // exact: |128 sum| < 2^24
+    s.offset[2 * h + 1] = static_cast<float>(128 * sum_lo);
+    const double wa = std::fabs(double(s.w[h]));
+    c1 += wa * (std::sqrt(norm) + std::sqrt(lost));
+    c2 += wa * std::sqrt(lost);
+  }
+  const double up = 1 + std::ldexp(1.0, -20);  // fp64 sums and square roots, then fp32: rounded up
+  s.c1 = static_cast<float>(c1 * up);
+  s.c2 = static_cast<float>(c2 * key_norm * up);
+  s.rel = static_cast<float>((H + 4) * std::ldexp(1.0, -24));
+}
 
 constexpr float kSlack = 1.0f + 1.0f / 1024;
 
@@ -55,7 +115,7 @@ VNNI_TARGET __attribute__((always_inline)) inline void group_heads(const Screen&
   __m512i acc[NH][2];
 #pragma GCC unroll 4
   for (int h = 0; h < NH; ++h) acc[h][0] = acc[h][1] = _mm512_setzero_si512();
-  const int32_t* q = s.q + h0 * 2 * s.C;
+  const int32_t* q = s.q.data() + h0 * 2 * s.C;
   for (int64_t c = 0; c < s.C; ++c) {
     const __m512i k = _mm512_load_si512(group + c * 64);
 #pragma GCC unroll 4
@@ -115,45 +175,38 @@ struct Gathered {
 };
 
 at::Tensor sketch_bounds(const at::Tensor& rows, const at::Tensor& scale, const at::Tensor& residual,
-                         const at::Tensor& slots, const at::Tensor& q, const at::Tensor& qscale, const at::Tensor& w,
-                         double c1, double c2, double rel) {
+                         const at::Tensor& slots, const at::Tensor& q, const at::Tensor& w, double key_norm) {
   TORCH_CHECK(rows.dim() == 4 && rows.size(2) == 16 && rows.size(3) == 4 && rows.scalar_type() == at::kByte &&
                   rows.is_contiguous() && reinterpret_cast<uintptr_t>(rows.data_ptr()) % 64 == 0,
               "sketch_bounds: rows must be 64-byte aligned contiguous uint8 [G, Di/4, 16, 4], got ", rows.sizes());
-  const int64_t G = rows.size(0), C = rows.size(1), H = q.size(0);
+  const int64_t G = rows.size(0), C = rows.size(1);
   TORCH_CHECK(scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() && scale.numel() == 16 * G,
               "sketch_bounds: scale must be contiguous bf16 [16 G]");
   TORCH_CHECK(residual.scalar_type() == at::kFloat && residual.is_contiguous() && residual.numel() == 16 * G,
               "sketch_bounds: residual must be contiguous fp32 [16 G]");
   TORCH_CHECK(slots.dim() == 1 && slots.scalar_type() == at::kLong && slots.is_contiguous(),
               "sketch_bounds: slots must be contiguous int64 [T]");
-  TORCH_CHECK(q.dim() == 3 && q.size(1) == 2 && q.size(2) == C && q.scalar_type() == at::kInt && q.is_contiguous(),
-              "sketch_bounds: q must be contiguous int32 [H, 2, Di/4], got ", q.sizes());
-  TORCH_CHECK(qscale.scalar_type() == at::kFloat && qscale.is_contiguous() && qscale.numel() == 2 * H &&
-                  w.scalar_type() == at::kFloat && w.is_contiguous() && w.numel() == H,
-              "sketch_bounds: qscale [H, 2] and w [H] must be contiguous fp32");
+  TORCH_CHECK(q.dim() == 2 && q.size(1) == 4 * C && q.scalar_type() == at::kFloat && q.is_contiguous(),
+              "sketch_bounds: q must be contiguous fp32 [H, Di], got ", q.sizes());
+  const int64_t H = q.size(0);
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.numel() == H,
+              "sketch_bounds: w must be contiguous fp32 [H]");
   const int64_t T = slots.numel();
   const int64_t* sp = slots.data_ptr<int64_t>();
   for (int64_t t = 0; t < T; ++t)
     TORCH_CHECK(sp[t] >= 0 && sp[t] < 16 * G, "sketch_bounds: slot ", sp[t], " outside the sketch's ", 16 * G);
 
-  Screen s{rows.data_ptr<uint8_t>(), scale.data_ptr<at::BFloat16>(), residual.data_ptr<float>(), C, H,
-           q.data_ptr<int32_t>(), qscale.data_ptr<float>(), w.data_ptr<float>(), std::vector<float>(2 * H),
-           static_cast<float>(c1), static_cast<float>(c2), static_cast<float>(rel)};
-  for (int64_t i = 0; i < 2 * H; ++i) {
-    const int8_t* b = reinterpret_cast<const int8_t*>(s.q + i * C);
-    int32_t sum = 0;
-    for (int64_t d = 0; d < 4 * C; ++d) sum += b[d];
-    s.offset[i] = static_cast<float>(128 * sum);   // exact: |128 sum| < 2^24
-  }
+  Screen s{rows.data_ptr<uint8_t>(), scale.data_ptr<at::BFloat16>(), residual.data_ptr<float>(), C, H, {}, {},
+           w.data_ptr<float>(), {}, 0, 0, 0};
+  split_query(s, q.data_ptr<float>(), 4 * C, key_norm);
   at::Tensor out = at::empty({2, T}, residual.options());
   float* lower = out.data_ptr<float>();
   float* upper = lower + T;
   const int64_t chunks = (T + 15) / 16;
   // A grain of 256 chunks (4096 keys, ~0.5 MB of rows): threads join only for long contexts.
-  at::parallel_for(0, chunks, 256, [&](int64_t c0, int64_t c1_) {
+  at::parallel_for(0, chunks, 256, [&](int64_t c0, int64_t c1) {
     Gathered gathered(C);
-    for (int64_t c = c0; c < c1_; ++c) {
+    for (int64_t c = c0; c < c1; ++c) {
       const int64_t t = 16 * c, n = std::min<int64_t>(16, T - t);
       const int64_t first = sp[t];
       bool grid = first % 16 == 0;
@@ -170,13 +223,52 @@ at::Tensor sketch_bounds(const at::Tensor& rows, const at::Tensor& scale, const 
   return out;
 }
 
+at::Tensor screen_candidates(const at::Tensor& bounds, int64_t k) {
+  TORCH_CHECK(bounds.dim() == 2 && bounds.size(0) == 2 && bounds.scalar_type() == at::kFloat && bounds.is_contiguous(),
+              "screen_candidates: bounds must be contiguous fp32 [2, T]");
+  const int64_t T = bounds.size(1);
+  const float* lower = bounds.data_ptr<float>();
+  const float* upper = lower + T;
+  const int64_t block = T / (8 * std::max<int64_t>(k, 1));
+  std::vector<float> top;
+  auto value = [](float v) { return v == v ? v : -std::numeric_limits<float>::infinity(); };   // NaN: no floor
+  if (block < 2) {
+    top.resize(T);
+    for (int64_t t = 0; t < T; ++t) top[t] = value(lower[t]);
+  } else {
+    top.resize(T / block);
+    for (size_t i = 0; i < top.size(); ++i) {
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < block; ++j) m = std::max(m, value(lower[i * block + j]));
+      top[i] = m;
+    }
+  }
+  TORCH_CHECK(k >= 1 && k <= static_cast<int64_t>(top.size()), "screen_candidates: k = ", k, " of ", top.size());
+  std::nth_element(top.begin(), top.begin() + (k - 1), top.end(), std::greater<float>());
+  const __m512 floor = _mm512_set1_ps(top[k - 1]);
+  std::vector<int64_t> picked;
+  picked.reserve(4 * k);
+  for (int64_t t = 0; t < T; t += 16) {   // upper >= floor, or NaN: a candidate
+    __mmask16 hit = _mm512_mask_cmp_ps_mask(tail16(T - t), _mm512_maskz_loadu_ps(tail16(T - t), upper + t), floor,
+                                            _CMP_NLT_UQ);
+    for (; hit; hit &= hit - 1) picked.push_back(t + __builtin_ctz(hit));
+  }
+  at::Tensor out = at::empty({static_cast<int64_t>(picked.size())}, bounds.options().dtype(at::kLong));
+  std::copy(picked.begin(), picked.end(), out.data_ptr<int64_t>());
+  return out;
+}
+
 bool int8_dot() { return __builtin_cpu_supports("avx512vnni"); }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(deepseek_kernels, m) {
   m.def("int8_dot() -> bool", &int8_dot);
-  m.def("sketch_bounds(Tensor rows, Tensor scale, Tensor residual, Tensor slots, Tensor q, Tensor qscale, "
-        "Tensor w, float c1, float c2, float rel) -> Tensor");
+  m.def("sketch_bounds(Tensor rows, Tensor scale, Tensor residual, Tensor slots, Tensor q, Tensor w, "
+        "float key_norm) -> Tensor");
+  m.def("screen_candidates(Tensor bounds, int k) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(deepseek_kernels, CPU, m) { m.impl("sketch_bounds", &sketch_bounds); }
+TORCH_LIBRARY_IMPL(deepseek_kernels, CPU, m) {
+  m.impl("sketch_bounds", &sketch_bounds);
+  m.impl("screen_candidates", &screen_candidates);
+}
