@@ -67,7 +67,7 @@ def test_long_sparse_decode_scans_the_paged_key_sketch_and_picks_what_the_keys_w
     for layer in range(model.config.num_hidden_layers):
         stored = view.load_index_sketch(layer, 0, 290)
         assert torch.equal(stored.slots, view.slots[0][:290])              # read in place, by slot
-        for got, want in zip(sketch_rows_at(*stored), sketch_rows(view.load_index_keys(layer, 0, 290))):
+        for got, want in zip(sketch_rows_at(stored.sketch, stored.slots), sketch_rows(view.load_index_keys(layer, 0, 290))):
             assert torch.equal(got, want)
 
 

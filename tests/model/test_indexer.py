@@ -179,7 +179,7 @@ def test_sketched_decode_selection_equals_the_exact_one(tiny_model, length):
             for kk in (keys, dup, plain, spread, outlier):
                 exact = topk_positions(exact_scores(qq[None], ww[None], kk), k)[0]
                 bound = max(indexer.key_norm_bound(), float(kk.float().norm(dim=1).max()))
-                sketched = sketched_topk(qq, ww, kk, sketch_keys(kk), k, bound)
+                sketched = sketched_topk(qq, ww, sketch_keys(kk), k, bound)
                 assert torch.equal(torch.sort(sketched).values, torch.sort(exact).values), seed
 
 
@@ -187,7 +187,7 @@ def test_sketch_bounds_hold_and_do_not_depend_on_where_the_keys_lie(tiny_model):
     """The kernel's bounds bracket every exact score, and are the same bits whether the keys lie in
     whole 16-slot groups (read in place) or in scattered blocks of 4 slots (copied into groups)."""
     from deepseek.model.indexer import (SketchedKeys, empty_key_sketch, exact_scores, sketch_keys,
-                                        sketch_score_bounds, store_sketch)
+                                        sketch_score_bounds, sketched_topk, store_sketch, topk_positions)
 
     indexer, cfg = tiny_model.model.layers[2].self_attn.indexer, tiny_model.config
     length, block = 301, 4
@@ -197,10 +197,16 @@ def test_sketch_bounds_hold_and_do_not_depend_on_where_the_keys_lie(tiny_model):
     slots = (table[:, None] * block + torch.arange(block)).flatten()[:length]
     scattered = empty_key_sketch(2 * length, cfg.index_head_dim, "cpu")
     store_sketch(scattered, slots, keys)
+    stored = torch.zeros(2 * length, cfg.index_head_dim, dtype=torch.bfloat16)
+    stored[slots] = keys
+    there = SketchedKeys(scattered, slots, stored)
     grid = sketch_score_bounds(q, w, sketch_keys(keys), indexer.key_norm_bound())
-    lower, upper = sketch_score_bounds(q, w, SketchedKeys(scattered, slots), indexer.key_norm_bound())
+    lower, upper = sketch_score_bounds(q, w, there, indexer.key_norm_bound())
     assert torch.equal(lower, grid[0]) and torch.equal(upper, grid[1])
     assert bool((lower <= exact).all()) and bool((exact <= upper).all())
+    k = cfg.index_topk                                          # and the keys are rescored where they lie
+    assert torch.equal(torch.sort(sketched_topk(q, w, there, k, indexer.key_norm_bound())).values,
+                       torch.sort(topk_positions(exact[None], k)[0]).values)
 
 
 @settings(max_examples=100, deadline=None)

@@ -161,7 +161,9 @@ class PagedCacheView:
         """The int8 sketch of those keys (read in place, through their slots), or None where this
         cache keeps none."""
         sketch = self.cache.index_sketch
-        return SketchedKeys(sketch[layer], self._slots(seq, end)) if sketch is not None else None
+        if sketch is None:
+            return None
+        return SketchedKeys(sketch[layer], self._slots(seq, end), _flat(self.cache.index_k[layer]))
 
     def layer_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A layer's latent and k_pe storage by slot: [blocks * block_size, R], [.., Dr] views."""

@@ -44,9 +44,9 @@ class KVCache(Protocol):
         """Indexer keys of rows `[0, end)`: [T, Di]."""
 
     def load_index_sketch(self, layer: int, seq: int, end: int) -> SketchedKeys | None:
-        """The int8 sketch of those keys (the layer's sketch storage and the keys' slots [T]), or None
-        if this cache keeps none. With it, the scan of the sketch is the only O(T) read of a
-        long-context sparse decode step."""
+        """The int8 sketch of those keys (the layer's sketch and key storage, and the keys' slots
+        [T]), or None if this cache keeps none. With it, the scan of the sketch is the only O(T)
+        read of a long-context sparse decode step."""
 
     def layer_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A layer's latent and k_pe storage by slot, [S, R] and [S, Dr] (views: nothing copied)."""
@@ -191,7 +191,7 @@ class ContiguousCache:
         if self.index_sketch is None:
             return None
         slots = torch.arange(seq * self.max_len, seq * self.max_len + end, device=self.index_k[layer].device)
-        return SketchedKeys(self.index_sketch[layer], slots)
+        return SketchedKeys(self.index_sketch[layer], slots, self.index_k[layer].flatten(0, 1))
 
     def layer_rows(self, layer):
         return self.latent[layer].flatten(0, 1), self.k_pe[layer].flatten(0, 1)    # slot b * max_len + t

@@ -111,27 +111,32 @@ class Indexer(nn.Module):
         causal = torch.arange(t_len, device=x.device)[None, :] > (start + torch.arange(s_len, device=x.device))[:, None]
         return out.masked_fill_(causal, float("-inf"))
 
-    def select(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor, start: int,
+    def select(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor | None, start: int,
                cos: torch.Tensor, sin: torch.Tensor, sketch: SketchedKeys | None = None) -> torch.Tensor:
         """Top-k key positions per query, [S, min(index_topk, T)] int64, ascending.
 
         Early prefill rows have fewer than k visible keys; their surplus picks are future positions
         (score −inf), which the attention's causal mask removes again (spec §8.5). A decode step over a
-        long context takes the screened path, which returns the very same set, faster; with the
-        keys' int8 `sketch` (see `KeySketch`), faster still.
+        long context (`screens`) takes the screened path, which returns the very same set, faster;
+        given the keys' int8 `sketch` (see `KeySketch`; `keys` may then be None: the sketch names
+        them too), faster still.
         """
-        k = min(self.index_topk, keys.shape[0])
-        if self.screens(keys, x.shape[0]):
+        if sketch is not None:
+            t_len = sketch.slots.shape[0]
+            if not self.screens(t_len, x.shape[0]):
+                raise ValueError(f"the sketch scan is for one query over >= {_SCREEN_FROM} x index_topk keys")
             q, w = self.queries(x, qr, cos, sin)
-            if sketch is not None:
-                return sketched_topk(q[0], w[0], keys, sketch, k, self.key_norm_bound())[None]
+            return sketched_topk(q[0], w[0], sketch, min(self.index_topk, t_len), self.key_norm_bound())[None]
+        k = min(self.index_topk, keys.shape[0])
+        if self.screens(keys.shape[0], x.shape[0]) and keys.dtype == torch.bfloat16:
+            q, w = self.queries(x, qr, cos, sin)
             return screened_topk(q[0], w[0], keys, k, self.key_norm_bound())[None]
         return topk_positions(self.scores(x, qr, keys, start, cos, sin), k)
 
-    def screens(self, keys: torch.Tensor, num_queries: int) -> bool:
-        """Whether `select` takes the screened decode path (the one that reads a sketch)."""
-        k = min(self.index_topk, keys.shape[0])
-        return num_queries == 1 and keys.shape[0] >= _SCREEN_FROM * k and keys.dtype == torch.bfloat16
+    def screens(self, context: int, num_queries: int) -> bool:
+        """Whether `select` screens: one query over a context of at least _SCREEN_FROM x index_topk
+        keys (bf16 ones, or a sketch of them)."""
+        return num_queries == 1 and context >= _SCREEN_FROM * min(self.index_topk, context)
 
     def key_norm_bound(self) -> float:
         """An upper bound on ||k||_2 of any cached key: LayerNorm output (|γ|·sqrt(Di) + ||β||),
@@ -194,10 +199,12 @@ class KeySketch(NamedTuple):
 
 
 class SketchedKeys(NamedTuple):
-    """One sequence's T keys in a sketch: the storage, and the slot of each position, slots [T] int64."""
+    """One sequence's T keys where a cache holds them: the sketch storage, the slot of each
+    position (slots [T] int64) and the keys' own storage by slot (keys [S, Di] bf16)."""
 
     sketch: KeySketch
     slots: torch.Tensor
+    keys: torch.Tensor
 
 
 def sketch_rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -251,7 +258,7 @@ def sketch_keys(keys: torch.Tensor) -> SketchedKeys:
     sketch = empty_key_sketch(keys.shape[0], keys.shape[1], keys.device)
     slots = torch.arange(keys.shape[0], device=keys.device)
     store_sketch(sketch, slots, keys)
-    return SketchedKeys(sketch, slots)
+    return SketchedKeys(sketch, slots, keys)
 
 
 def sketch_bytes(head_dim: int) -> int:
@@ -259,11 +266,10 @@ def sketch_bytes(head_dim: int) -> int:
     return head_dim + 2 + 4
 
 
-def sketched_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, sketched: SketchedKeys, k: int,
-                  key_norm: float) -> torch.Tensor:
+def sketched_topk(q: torch.Tensor, w: torch.Tensor, sketched: SketchedKeys, k: int, key_norm: float) -> torch.Tensor:
     """`screened_topk` with the O(T) scan over the int8 sketch (`sketch_score_bounds`): the same
-    exact result."""
-    return _rescore(q, w, keys, sketch_score_bounds(q, w, sketched, key_norm), k)
+    exact result. Only the candidates' keys are read, where they lie."""
+    return _rescore(q, w, sketched.keys, sketch_score_bounds(q, w, sketched, key_norm), k, sketched.slots)
 
 
 def sketch_score_bounds(q: torch.Tensor, w: torch.Tensor, sketched: SketchedKeys,
@@ -280,15 +286,18 @@ def sketch_score_bounds(q: torch.Tensor, w: torch.Tensor, sketched: SketchedKeys
                                  w.float().contiguous(), key_norm)
 
 
-def _rescore(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, bounds: torch.Tensor, k: int) -> torch.Tensor:
+def _rescore(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, bounds: torch.Tensor, k: int,
+             slots: torch.Tensor | None = None) -> torch.Tensor:
     """Every key whose score can reach the top-k (its upper bound >= the k-th best lower bound;
-    bounds [2, T]), rescored exactly and ranked with the usual tie rule: [k] positions."""
+    bounds [2, T]), rescored exactly and ranked with the usual tie rule: [k] positions. Key t is
+    keys[t], or keys[slots[t]] given slots."""
     if bounds.device.type == "cpu" and kernels.available():
         candidates = kernels.screen_candidates(bounds, k)                         # ascending positions
     else:
         floor = _kth_largest_floor(bounds[0], k)
         candidates = (bounds[1] >= floor).nonzero().squeeze(1)
-    exact = exact_scores(q[None], w[None], keys.index_select(0, candidates))     # [1, C]
+    rows = candidates if slots is None else slots[candidates]
+    exact = exact_scores(q[None], w[None], keys.index_select(0, rows))           # [1, C]
     return candidates[topk_positions(exact, k)[0]]
 
 

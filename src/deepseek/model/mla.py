@@ -111,9 +111,10 @@ class MLA(nn.Module):
                 topk = self.indexer.select(x[sl], qr[sl], ik_all, start, cos[sl], sin[sl]) if sparse else None
                 out[sl] = self._expanded(q_nope[sl][None], q_pe[sl][None], c_all[None], pe_all[None], start, topk)[0]
             elif sparse:     # sparse decode: scan every indexer key (cheap), keep index_topk rows
-                keys = cache.load_index_keys(layer, seq, end)
-                # The scan reads the keys' int8 sketch in place where it can (see Indexer.select).
-                sketch = cache.load_index_sketch(layer, seq, end) if self.indexer.screens(keys, 1) else None
+                # Over a long context the scan reads the keys' int8 sketch where it lies, and only the
+                # candidates' keys (see Indexer.select); otherwise every key.
+                sketch = cache.load_index_sketch(layer, seq, end) if self.indexer.screens(end, 1) else None
+                keys = cache.load_index_keys(layer, seq, end) if sketch is None else None
                 picks = self.indexer.select(x[sl], qr[sl], keys, start, cos[sl], sin[sl], sketch)[0]
                 decodes.append((seq, sl.start, end, picks))
             else:            # dense decode: every cached row

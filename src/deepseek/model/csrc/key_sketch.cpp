@@ -106,6 +106,7 @@ void split_query(Screen& s, const float* q, int64_t Di, double key_norm) {
 }
 
 constexpr float kSlack = 1.0f + 1.0f / 1024;
+constexpr int64_t kAhead = 4;   // chunks of 16 positions ahead whose rows are prefetched
 
 // NH heads from h0 of one whole group: adds w * relu(a) and |w| * |a| into score and size.
 template <int NH>
@@ -208,6 +209,13 @@ at::Tensor sketch_bounds(const at::Tensor& rows, const at::Tensor& scale, const 
     Gathered gathered(C);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t t = 16 * c, n = std::min<int64_t>(16, T - t);
+      if (t + kAhead * 16 < T) {   // rows on their way (a scattered block table defeats the hardware's guess)
+        const int64_t slot = sp[t + kAhead * 16];
+        const char* next = reinterpret_cast<const char*>(s.rows + (slot / 16) * C * 64);
+        for (int64_t b = 0; b < C * 64; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(s.scale + slot), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(s.residual + slot), _MM_HINT_T0);
+      }
       const int64_t first = sp[t];
       bool grid = first % 16 == 0;
       for (int64_t j = 1; grid && j < n; ++j) grid = sp[t + j] == first + j;
