@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
-from deepseek.model.fp8 import (FP8, dequantize_activation, dequantize_weight, quantize_activation,
-                                quantize_weight, scale_grid_shape)
+from deepseek.model.fp8 import (FP8, dequantize_activation, dequantize_weight, fake_quantize_activation,
+                                quantize_activation, quantize_weight, round_to_e4m3, scale_grid_shape)
 from deepseek.model.indexer import hadamard_matrix, rotate_activation
 
 MIN_NORMAL = 2.0 ** -6  # smallest normal e4m3 magnitude (after dividing by the block scale)
@@ -71,6 +72,28 @@ def test_activation_round_trip_within_bounds(fmt):
 def test_all_zero_group_uses_the_clamped_scale():
     q, s = quantize_activation(torch.zeros(1, 128))
     assert (s > 0).all() and (q.float() == 0).all()
+
+
+def test_e4m3_rounding_equals_torchs_cast_on_every_exponent_and_tie():
+    """Every sign, exponent and top 11 mantissa bits of fp32 within ±448, with low bits that make
+    ties, near-ties and plain values, in every e4m3 range (normal, subnormal, fp32-denormal)."""
+    top = torch.arange(1 << 20, dtype=torch.int64) << 12
+    for low in (0, 1, 0x7FF, 0x800, 0x801, 0xFFF, 0x555):
+        bits = top | low
+        v = torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32).view(torch.float32)
+        v = v[v.abs() <= 448]                                           # (drops NaN and inf too)
+        want = v.to(FP8).float()
+        assert torch.equal(round_to_e4m3(v).view(torch.int32), want.view(torch.int32)), low
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, width=32), min_size=128, max_size=128), st.integers(-40, 20),
+       st.sampled_from(["ue8m0", None]), st.sampled_from([torch.float32, torch.bfloat16]))
+def test_fake_quantization_is_the_fp8_round_trip_bit_for_bit(values, exponent, fmt, dtype):
+    x = (torch.tensor(values) * 2.0 ** exponent).to(dtype).view(1, 128)
+    want = dequantize_activation(*quantize_activation(x, fmt), dtype)
+    got = fake_quantize_activation(x, fmt)
+    assert got.dtype == dtype and torch.equal(got.view(torch.int8), want.view(torch.int8))
 
 
 def test_hadamard_is_orthonormal_and_preserves_dot_products():
