@@ -208,20 +208,15 @@ class SketchedKeys(NamedTuple):
 
 
 def sketch_rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The sketch of keys [..., Di] as a cache holds them (in bf16): int8 rows [..., Di], scale [...]
-    bf16 and residual [...] fp32.
+    """The sketch of keys [N, Di] as a cache holds them (in bf16): int8 rows [N, Di], scale [N]
+    bf16 and residual [N] fp32 (`kernels.key_sketch`; sketches exist only where it runs).
 
     Each row's scale is 2^(e - 6), where 2^e <= max|k| < 2^(e+1), so the largest entry maps into
     [64, 128]. Every entry of an FP8 key (3 mantissa bits) of at least 2^(e-3) is then an exact
     multiple of the scale: most entries carry no error. The residual is the L2 norm of what
     rounding (and clamping 127.5 of a bf16 key) lost, rounded up.
     """
-    k = keys.to(torch.bfloat16).float()
-    top = k.abs().amax(dim=-1).clamp_min(2.0 ** -100)
-    scale = torch.exp2(torch.floor(torch.log2(top)) - 6)
-    rows = torch.round(k / scale.unsqueeze(-1)).clamp_(-127, 127)
-    residual = (k - rows * scale.unsqueeze(-1)).norm(dim=-1) * (1 + 2 ** -16)
-    return rows.to(torch.int8), scale.to(torch.bfloat16), residual
+    return kernels.key_sketch(keys.contiguous())
 
 
 def sketch_supported(head_dim: int, device: torch.device | str) -> bool:
@@ -239,7 +234,11 @@ def empty_key_sketch(slots: int, head_dim: int, device: torch.device | str) -> K
 
 
 def store_sketch(sketch: KeySketch, slots: torch.Tensor, keys: torch.Tensor) -> None:
-    """Write the sketch of keys [N, Di] into `sketch` at slots [N]."""
+    """Write the sketch of keys [N, Di] into `sketch` at slots [N]: one native call, or (inside a
+    compiled graph, where a mutating call would cost a copy of the storage) torch's indexing."""
+    if not torch.compiler.is_compiling():
+        kernels.store_key_sketch(keys.contiguous(), slots, *sketch)
+        return
     rows, scale, residual = sketch_rows(keys)
     offset = (rows.to(torch.int16) + 128).to(torch.uint8).view(rows.shape[0], -1, 4)
     sketch.rows[slots // 16, :, slots % 16] = offset

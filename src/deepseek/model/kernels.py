@@ -98,6 +98,12 @@ def available() -> bool:
     def _(q_lat, q_pe, latent, k_pe, slots, visible, scale):
         return q_lat.new_empty(q_lat.shape, dtype=latent.dtype)
 
+    @torch.library.register_fake("deepseek_kernels::key_sketch")
+    def _(keys):
+        n = keys.shape[0]
+        return (keys.new_empty(keys.shape, dtype=torch.int8), keys.new_empty(n, dtype=torch.bfloat16),
+                keys.new_empty(n, dtype=torch.float32))
+
     @torch.library.register_fake("deepseek_kernels::sketch_bounds")
     def _(rows, scale, residual, slots, q, w, key_norm):
         return residual.new_empty(2, slots.shape[0])
@@ -193,6 +199,19 @@ def sketch_bounds(rows: torch.Tensor, scale: torch.Tensor, residual: torch.Tenso
     if not int8_dot():
         raise RuntimeError("sketch_bounds needs the native kernels and a CPU with AVX512-VNNI")
     return torch.ops.deepseek_kernels.sketch_bounds(rows, scale, residual, slots, q, w, key_norm)
+
+
+def key_sketch(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`indexer.sketch_rows` of keys [N, Di] (bf16, or fp32 rounded to bf16 first): int8 rows
+    [N, Di], bf16 scales [N], fp32 residuals [N]. Only where `int8_dot()`."""
+    return torch.ops.deepseek_kernels.key_sketch(keys)
+
+
+def store_key_sketch(keys: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor,
+                     residual: torch.Tensor) -> None:
+    """`key_sketch(keys)` written in place into a sketch's storage (`indexer.KeySketch`) at slots [N]:
+    the same bits as `indexer.store_sketch`'s torch ops, in one call."""
+    torch.ops.deepseek_kernels.store_key_sketch(keys, slots, rows, scale, residual)
 
 
 def screen_candidates(bounds: torch.Tensor, k: int) -> torch.Tensor:

@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <functional>
 #include <limits>
 #include <vector>
@@ -175,6 +176,78 @@ struct Gathered {
   }
 };
 
+// The sketch of one key (deepseek/model/indexer.py, `sketch_rows`): its entries as bf16 values,
+// scale 2^(floor(log2 max|k|) - 6) (so the largest entry maps into [64, 128]), int8 entries
+// round(k / scale) clamped to +-127, and the residual ||k - scale * row|| (fp64 sum), rounded up.
+template <typename T>
+float sketch_key(const T* k, int64_t Di, int8_t* row, at::BFloat16* scale) {
+  float top = 0;
+  for (int64_t d = 0; d < Di; ++d) top = std::max(top, std::fabs(static_cast<float>(at::BFloat16(k[d]))));
+  int e = 0;
+  std::frexp(std::max(top, std::ldexp(1.0f, -100)), &e);   // top in [2^(e-1), 2^e)
+  const float s = std::ldexp(1.0f, e - 7);
+  double lost = 0;
+  for (int64_t d = 0; d < Di; ++d) {
+    const float v = static_cast<float>(at::BFloat16(k[d]));
+    const float r = std::clamp(std::nearbyint(v / s), -127.0f, 127.0f);
+    row[d] = static_cast<int8_t>(r);
+    const double miss = double(v) - double(r) * s;
+    lost += miss * miss;
+  }
+  *scale = at::BFloat16(s);
+  return static_cast<float>(std::sqrt(lost)) * (1.0f + 1.0f / 65536);
+}
+
+template <typename F>
+void each_key(const at::Tensor& keys, const F& one) {
+  TORCH_CHECK(keys.dim() == 2 && keys.stride(1) == 1 && (keys.scalar_type() == at::kBFloat16 || keys.scalar_type() == at::kFloat),
+              "key sketch: keys must be [N, Di] bf16 or fp32 with contiguous rows, got ", keys.sizes());
+  const int64_t N = keys.size(0), Di = keys.size(1);
+  if (keys.scalar_type() == at::kBFloat16) {
+    for (int64_t i = 0; i < N; ++i) one(i, [&](int8_t* row, at::BFloat16* scale) {
+      return sketch_key(keys.data_ptr<at::BFloat16>() + i * keys.stride(0), Di, row, scale); });
+  } else {
+    for (int64_t i = 0; i < N; ++i) one(i, [&](int8_t* row, at::BFloat16* scale) {
+      return sketch_key(keys.data_ptr<float>() + i * keys.stride(0), Di, row, scale); });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> key_sketch(const at::Tensor& keys) {
+  TORCH_CHECK(keys.dim() == 2, "key_sketch: keys must be [N, Di], got ", keys.sizes());
+  const int64_t N = keys.size(0), Di = keys.size(1);
+  at::Tensor rows = at::empty({N, Di}, keys.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({N}, keys.options().dtype(at::kBFloat16));
+  at::Tensor residual = at::empty({N}, keys.options().dtype(at::kFloat));
+  each_key(keys, [&](int64_t i, const auto& sketch) {
+    residual.data_ptr<float>()[i] = sketch(rows.data_ptr<int8_t>() + i * Di, scale.data_ptr<at::BFloat16>() + i);
+  });
+  return {rows, scale, residual};
+}
+
+void store_key_sketch(const at::Tensor& keys, const at::Tensor& slots, const at::Tensor& rows, const at::Tensor& scale,
+                      const at::Tensor& residual) {
+  const int64_t N = keys.size(0), Di = keys.size(1), C = Di / 4;
+  TORCH_CHECK(rows.dim() == 4 && rows.size(1) == C && rows.size(2) == 16 && rows.size(3) == 4 && Di % 4 == 0 &&
+                  rows.scalar_type() == at::kByte && rows.is_contiguous(),
+              "store_key_sketch: rows must be contiguous uint8 [G, Di/4, 16, 4], got ", rows.sizes());
+  const int64_t S = 16 * rows.size(0);
+  TORCH_CHECK(scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() && scale.numel() == S &&
+                  residual.scalar_type() == at::kFloat && residual.is_contiguous() && residual.numel() == S,
+              "store_key_sketch: scale [16 G] bf16 and residual [16 G] fp32, contiguous");
+  const at::Tensor sl = slots.to(at::kLong).contiguous();
+  TORCH_CHECK(sl.dim() == 1 && sl.numel() == N, "store_key_sketch: one slot per key");
+  const int64_t* sp = sl.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i) TORCH_CHECK(sp[i] >= 0 && sp[i] < S, "store_key_sketch: slot ", sp[i], " out of range");
+  std::vector<int8_t> row(Di);
+  uint8_t* base = rows.data_ptr<uint8_t>();
+  each_key(keys, [&](int64_t i, const auto& sketch) {
+    const int64_t slot = sp[i];
+    residual.data_ptr<float>()[slot] = sketch(row.data(), scale.data_ptr<at::BFloat16>() + slot);
+    uint8_t* dst = base + (slot / 16) * C * 64 + (slot % 16) * 4;
+    for (int64_t d = 0; d < Di; ++d) dst[(d / 4) * 64 + d % 4] = static_cast<uint8_t>(row[d] + 128);
+  });
+}
+
 at::Tensor sketch_bounds(const at::Tensor& rows, const at::Tensor& scale, const at::Tensor& residual,
                          const at::Tensor& slots, const at::Tensor& q, const at::Tensor& w, double key_norm) {
   TORCH_CHECK(rows.dim() == 4 && rows.size(2) == 16 && rows.size(3) == 4 && rows.scalar_type() == at::kByte &&
@@ -275,8 +348,12 @@ TORCH_LIBRARY_FRAGMENT(deepseek_kernels, m) {
   m.def("sketch_bounds(Tensor rows, Tensor scale, Tensor residual, Tensor slots, Tensor q, Tensor w, "
         "float key_norm) -> Tensor");
   m.def("screen_candidates(Tensor bounds, int k) -> Tensor");
+  m.def("key_sketch(Tensor keys) -> (Tensor, Tensor, Tensor)");
+  m.def("store_key_sketch(Tensor keys, Tensor slots, Tensor(a!) rows, Tensor(b!) scale, Tensor(c!) residual) -> ()");
 }
 TORCH_LIBRARY_IMPL(deepseek_kernels, CPU, m) {
   m.impl("sketch_bounds", &sketch_bounds);
   m.impl("screen_candidates", &screen_candidates);
+  m.impl("key_sketch", &key_sketch);
+  m.impl("store_key_sketch", &store_key_sketch);
 }
