@@ -36,8 +36,9 @@ class ModelRunner:
                  num_valid_tokens: int | None = None, compile: bool = False):
         self.model, self.kv = model, kv
 
-        def decode_logits(tokens: torch.Tensor, positions: torch.Tensor, rows: DecodeRows) -> torch.Tensor:
-            return model.logits(model.decode(tokens, positions, rows))
+        def decode_logits(tokens: torch.Tensor, positions: torch.Tensor, rows: DecodeRows, cos: torch.Tensor,
+                          sin: torch.Tensor) -> torch.Tensor:
+            return model.logits(model.decode(tokens, positions, rows, (cos, sin)))
 
         self.compiled = compile
         self.decode_logits = decode_logits
@@ -92,11 +93,14 @@ class ModelRunner:
         tokens = torch.from_numpy(np.array([s.token_ids[p] for s, p in zip(seqs, computed)])).to(self.kv.device)
         rows = self.kv.decode_rows([s.table.blocks for s in seqs], starts)
         positions = torch.from_numpy(starts).to(self.kv.device)
+        # The rotary angles' cos and sin, here: compiled, inductor would fuse their computation into
+        # every layer's kernels that read them, and recompute them there, per head and layer.
+        cos, sin = self.model.rope(positions)
         if self.compiled:       # one graph for every batch size >= 2 and context width
-            for t in (tokens, positions, rows.write_slots, rows.read_slots, rows.visible):
+            for t in (tokens, positions, rows.write_slots, rows.read_slots, rows.visible, cos, sin):
                 for dim in range(t.dim()):
                     torch._dynamo.maybe_mark_dynamic(t, dim)
-        logits = self.decode_logits(tokens, positions, rows)
+        logits = self.decode_logits(tokens, positions, rows, cos, sin)
         # A prompt's one-token chunk is a decode-shaped step too, but needs no next token yet.
         rows = [i for i, (s, p) in enumerate(zip(seqs, computed)) if p + 1 == len(s.token_ids)]
         return (logits if len(rows) == len(seqs) else logits[rows]), rows

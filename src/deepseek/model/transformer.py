@@ -77,8 +77,11 @@ class Transformer(nn.Module):
 
     def _rope(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         positions = batch.positions(self.device)
-        cos, sin = rope_cos_sin(self.inv_freq, positions)
-        return positions, cos, sin
+        return positions, *self.rope(positions)
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [N, qk_rope_head_dim / 2] of the rotary angles at `positions` [N]."""
+        return rope_cos_sin(self.inv_freq, positions)
 
     def step(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """tokens: [N] flat new tokens -> final-normed hidden states [N, D] (cache updated)."""
@@ -90,11 +93,13 @@ class Transformer(nn.Module):
             h = layer(h, batch, cos, sin)
         return self.model.norm(h)
 
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, rows: DecodeRows) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, rows: DecodeRows,
+               rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One dense decode step of B sequences: tokens [B] at `positions` [B] -> final-normed hidden
         states [B, D]. Equal to `step` on the same decode-only dense batch, with no Python per
-        sequence, so `torch.compile` can trace it whole (the engine's `compile` option)."""
-        cos, sin = rope_cos_sin(self.inv_freq, positions)
+        sequence, so `torch.compile` can trace it whole (the engine's `compile` option). `rope`:
+        `self.rope(positions)`, where the caller has it already."""
+        cos, sin = rope if rope is not None else self.rope(positions)
         h = self.model.embed_tokens(tokens)
         for layer in self.model.layers[:self.config.num_hidden_layers]:
             h = layer.decode(h, cos, sin, rows)
