@@ -90,10 +90,14 @@ def test_e4m3_rounding_equals_torchs_cast_on_every_exponent_and_tie():
 @given(st.lists(st.floats(-1e6, 1e6, width=32), min_size=128, max_size=128), st.integers(-40, 20),
        st.sampled_from(["ue8m0", None]), st.sampled_from([torch.float32, torch.bfloat16]))
 def test_fake_quantization_is_the_fp8_round_trip_bit_for_bit(values, exponent, fmt, dtype):
+    """Both ways: torch's ops (with autograd on, as training runs it) and, without autograd on CPU,
+    the native kernel (`kernels.fp8_round_trip`) where it built."""
     x = (torch.tensor(values) * 2.0 ** exponent).to(dtype).view(1, 128)
     want = dequantize_activation(*quantize_activation(x, fmt), dtype)
-    got = fake_quantize_activation(x, fmt)
-    assert got.dtype == dtype and torch.equal(got.view(torch.int8), want.view(torch.int8))
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            got = fake_quantize_activation(x, fmt)
+        assert got.dtype == dtype and torch.equal(got.view(torch.int8), want.view(torch.int8)), grad
 
 
 def test_hadamard_is_orthonormal_and_preserves_dot_products():

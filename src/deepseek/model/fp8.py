@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
+
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 BLOCK = 128
@@ -30,8 +32,10 @@ def scale_grid_shape(shape: tuple[int, ...], block: int = BLOCK) -> tuple[int, i
 
 
 def _pow2_ceil(s: torch.Tensor) -> torch.Tensor:
-    """Round positive scales up to a power of two (the UE8M0 scale format)."""
-    return torch.exp2(torch.ceil(torch.log2(s)))
+    """Round positive (normal fp32) scales up to a power of two, the UE8M0 scale format: exactly,
+    on the bits (a nonzero mantissa carries into the exponent), where exp2(ceil(log2(s))) can
+    miss by one for s just above a power of two."""
+    return ((s.float().view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
 
 
 def _blocked(w: torch.Tensor, block: int) -> tuple[torch.Tensor, int, int]:
@@ -102,6 +106,9 @@ def fake_quantize_activation(x: torch.Tensor, scale_fmt: str | None = "ue8m0") -
     k = x.shape[-1]
     if k % BLOCK:
         raise ValueError(f"activation width {k} is not a multiple of {BLOCK}")
+    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and kernels.available()):
+        return kernels.fp8_round_trip(x, scale_fmt == "ue8m0")        # one native pass, the same bits
     groups = x.float().reshape(*x.shape[:-1], k // BLOCK, BLOCK)
     scale = groups.abs().amax(dim=-1).clamp_min(1e-4) / FP8_MAX
     if scale_fmt == "ue8m0":

@@ -32,7 +32,8 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "small_gemm.cpp", CSRC / "latent_attention.cpp", CSRC / "argmax.cpp", CSRC / "key_sketch.cpp"]
+SOURCES = [CSRC / "small_gemm.cpp", CSRC / "latent_attention.cpp", CSRC / "argmax.cpp", CSRC / "key_sketch.cpp",
+           CSRC / "fp8_round_trip.cpp"]
 FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"]
 
 
@@ -97,6 +98,10 @@ def available() -> bool:
     @torch.library.register_fake("deepseek_kernels::latent_attention")
     def _(q_lat, q_pe, latent, k_pe, slots, visible, scale):
         return q_lat.new_empty(q_lat.shape, dtype=latent.dtype)
+
+    @torch.library.register_fake("deepseek_kernels::fp8_round_trip")
+    def _(x, ue8m0):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("deepseek_kernels::key_sketch")
     def _(keys):
@@ -199,6 +204,12 @@ def sketch_bounds(rows: torch.Tensor, scale: torch.Tensor, residual: torch.Tenso
     if not int8_dot():
         raise RuntimeError("sketch_bounds needs the native kernels and a CPU with AVX512-VNNI")
     return torch.ops.deepseek_kernels.sketch_bounds(rows, scale, residual, slots, q, w, key_norm)
+
+
+def fp8_round_trip(x: torch.Tensor, ue8m0: bool) -> torch.Tensor:
+    """`fp8.fake_quantize_activation(x)` for CPU fp32 or bf16 x [..., K], K a multiple of 128: the
+    same bits in one pass. Only after `available()` returned True."""
+    return torch.ops.deepseek_kernels.fp8_round_trip(x, ue8m0)
 
 
 def key_sketch(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
