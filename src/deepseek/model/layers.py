@@ -24,7 +24,16 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native and not torch.is_grad_enabled() and not torch.compiler.is_compiling() \
+                and x.dtype in (torch.float32, torch.bfloat16):
+            return kernels.rms_norm(x, self.weight, self.eps)       # one pass, where torch takes seven
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps).to(x.dtype)
+
+    # Set by `prepare_inference` on CPU where the kernels built.
+    native = False
+
+    def prepare_inference(self) -> None:
+        self.native = self.weight.device.type == "cpu" and self.weight.dtype == torch.float32 and kernels.available()
 
 
 class LayerNorm(nn.Module):

@@ -111,7 +111,7 @@ class Transformer(nn.Module):
 
     def prepare_inference(self) -> None:
         """After loading and before serving (again is harmless): stack each MoE's experts (`MoE.pack`),
-        lay the other weights out for small-batch GEMMs (`Linear.prepare_inference`), fuse the
+        lay the other weights out for small-batch GEMMs (`Linear.prepare_inference`; norms: `RMSNorm`), fuse the
         products that read the same input (`MLA.fuse`, `MLP.fuse`, `MoE.fuse`), and precompute what attention
         would otherwise derive from the weights on every call."""
         for layer in self.model.layers:
@@ -119,7 +119,7 @@ class Transformer(nn.Module):
                 layer.mlp.pack()      # first: the experts' weights become views the next loop keeps
             layer.self_attn.prepare_inference(self.dtype)
         for module in self.modules():
-            if isinstance(module, Linear):
+            if isinstance(module, (Linear, RMSNorm)):
                 module.prepare_inference()
         for layer in self.model.layers:   # then the products that share an input, as one each
             layer.self_attn.fuse()
