@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from deepseek.model import ModelConfig
 from deepseek.model.rope import (rope_cos_sin, rotate_half_split, rotate_interleaved,
@@ -81,3 +82,26 @@ def test_rotation_keeps_dtype_and_norm_of_each_pair():
     y = rotate_interleaved(x, cos, sin)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float().norm(dim=-1), x.float().norm(dim=-1), rtol=2e-2, atol=2e-2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9), st.sampled_from([(), (1,), (3,), (2, 4)]), st.sampled_from([2, 8, 64, 128]),
+       st.sampled_from([torch.float32, torch.bfloat16]), st.integers(0, 2 ** 31), st.booleans())
+def test_the_native_rotation_is_torchs_bit_for_bit(n, heads, d, dtype, seed, sliced):
+    """Inference on CPU runs the one-pass kernel (`kernels.rope`); training, with autograd on,
+    runs torch's expression. Both layouts, head dims or none, and a strided slice as input."""
+    from deepseek.model import kernels
+
+    if not kernels.available():
+        pytest.skip("native kernels not built here")
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, *heads, 2 * d, generator=g) * 8).to(dtype)
+    x = x[..., :d] if sliced else x[..., d:].contiguous()
+    angles = torch.randn(n, d // 2, generator=g) * 1000
+    cos, sin = angles.cos(), angles.sin()
+    for rotate in (rotate_interleaved, rotate_half_split):
+        with torch.enable_grad():
+            want = rotate(x, cos, sin)
+        with torch.no_grad():
+            got = rotate(x, cos, sin)
+        assert got.dtype == dtype and torch.equal(got, want), rotate.__name__

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = [CSRC / "small_gemm.cpp", CSRC / "latent_attention.cpp", CSRC / "argmax.cpp", CSRC / "key_sketch.cpp",
-           CSRC / "fp8_round_trip.cpp", CSRC / "rms_norm.cpp"]
+           CSRC / "fp8_round_trip.cpp", CSRC / "rms_norm.cpp", CSRC / "rope.cpp"]
 FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"]
 
 
@@ -98,6 +98,10 @@ def available() -> bool:
     @torch.library.register_fake("deepseek_kernels::latent_attention")
     def _(q_lat, q_pe, latent, k_pe, slots, visible, scale):
         return q_lat.new_empty(q_lat.shape, dtype=latent.dtype)
+
+    @torch.library.register_fake("deepseek_kernels::rope")
+    def _(x, cos, sin, interleaved):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("deepseek_kernels::rms_norm")
     def _(x, weight, eps):
@@ -208,6 +212,12 @@ def sketch_bounds(rows: torch.Tensor, scale: torch.Tensor, residual: torch.Tenso
     if not int8_dot():
         raise RuntimeError("sketch_bounds needs the native kernels and a CPU with AVX512-VNNI")
     return torch.ops.deepseek_kernels.sketch_bounds(rows, scale, residual, slots, q, w, key_norm)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """`rope.rotate_interleaved` (interleaved) or `rope.rotate_half_split` of CPU fp32 or bf16 x
+    [N, ..., d] by fp32 cos, sin [N, d/2], in one pass: the same bits. Only after `available()`."""
+    return torch.ops.deepseek_kernels.rope(x, cos, sin, interleaved)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from . import kernels
 from .config import ModelConfig
 
 
@@ -55,6 +56,8 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch
 
 def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """MLA layout. x: [N, ..., d]; cos/sin: [N, d/2]. Pairs are (x[2i], x[2i+1])."""
+    if _native(x, cos):
+        return kernels.rope(x, cos, sin, True)
     pairs = x.float().unflatten(-1, (-1, 2))
     a, b = pairs[..., 0], pairs[..., 1]
     c, s = _broadcast(cos, a.dim()), _broadcast(sin, a.dim())
@@ -63,9 +66,19 @@ def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
 
 def rotate_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Indexer layout. x: [N, ..., d]; cos/sin: [N, d/2]. Pairs are (x[i], x[i + d/2])."""
+    if _native(x, cos):
+        return kernels.rope(x, cos, sin, False)
     a, b = x.float().chunk(2, dim=-1)
     c, s = _broadcast(cos, a.dim()), _broadcast(sin, a.dim())
     return torch.cat((a * c - b * s, a * s + b * c), dim=-1).to(x.dtype)
+
+
+def _native(x: torch.Tensor, cos: torch.Tensor) -> bool:
+    """Whether the one-pass kernel (`kernels.rope`, the same bits) rotates x: CPU inference outside
+    compiled graphs, where torch's expression is about fifteen ops."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and cos.dtype == torch.float32
+            and x.dim() >= 2 and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and kernels.available())
 
 
 def _broadcast(t: torch.Tensor, ndim: int) -> torch.Tensor:
