@@ -10,6 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from deepseek.engine.blocks import BlockManager
 from deepseek.engine.cache import PagedKVCache
 from deepseek.model import ForwardBatch, Transformer
+from conftest import needs_int8_dot
 
 BLOCK = 16
 
@@ -51,6 +52,7 @@ def test_paged_cache_gives_the_model_the_same_logits_as_a_contiguous_cache(model
     assert torch.allclose(got, want, atol=1e-4)
 
 
+@needs_int8_dot
 def test_long_sparse_decode_scans_the_paged_key_sketch_and_picks_what_the_keys_would(model):
     """Past 256 = 4 x index_topk keys a sparse decode step scans the int8 key sketch: each stored
     sketch row is the sketch of its stored key, and the logits equal those of a cache without one."""
@@ -200,12 +202,15 @@ def test_writing_past_a_sequences_blocks_is_refused(model):
 
 
 def test_cache_size_follows_the_memory_budget(model):
+    from deepseek.model.indexer import sketch_supported
+
     per_block = PagedKVCache.bytes_per_block(model.config, 5, BLOCK, torch.bfloat16)
-    # latent, k_pe and (FP8-exact) indexer keys in bf16, plus on CPU the keys' int8 sketch
-    # (int8 row, bf16 scale, fp32 residual)
-    assert per_block == 5 * BLOCK * ((128 + 64 + 128) * 2 + 128 + 2 + 4)
+    # latent, k_pe and (FP8-exact) indexer keys in bf16, plus on CPU (where its kernel runs) the
+    # keys' int8 sketch (int8 row, bf16 scale, fp32 residual)
+    sketch = 128 + 2 + 4 if sketch_supported(128, "cpu") else 0
+    assert per_block == 5 * BLOCK * ((128 + 64 + 128) * 2 + sketch)
     kv = PagedKVCache(model.config, 5, 3, BLOCK, torch.bfloat16)
-    tensors = [*kv.latent, *kv.k_pe, *kv.index_k, *(t for s in kv.index_sketch for t in s)]
+    tensors = [*kv.latent, *kv.k_pe, *kv.index_k, *(t for s in kv.index_sketch or () for t in s)]
     assert sum(t.nbytes for t in tensors) == 3 * per_block
     assert PagedKVCache.bytes_per_block(model.config, 5, BLOCK, torch.bfloat16, "meta") == 5 * BLOCK * 320 * 2
     assert PagedKVCache.blocks_for_budget(model.config, 5, BLOCK, torch.bfloat16, 10 * per_block + 1) == 10

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from deepseek.model.rope import rope_cos_sin, yarn_inv_freq
+from conftest import needs_int8_dot
 
 
 def naive_fp8_quant(v: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -157,6 +158,7 @@ def test_screened_decode_selection_equals_the_exact_one(tiny_model, length):
                 assert torch.equal(torch.sort(screened).values, torch.sort(exact).values), seed
 
 
+@needs_int8_dot
 @pytest.mark.parametrize("length", [700, 2600])
 def test_sketched_decode_selection_equals_the_exact_one(tiny_model, length):
     """The int8-sketch scan with its error bounds returns exactly the fp32 top-k, ties included: on
@@ -183,6 +185,7 @@ def test_sketched_decode_selection_equals_the_exact_one(tiny_model, length):
                 assert torch.equal(torch.sort(sketched).values, torch.sort(exact).values), seed
 
 
+@needs_int8_dot
 def test_sketch_bounds_hold_and_do_not_depend_on_where_the_keys_lie(tiny_model):
     """The kernel's bounds bracket every exact score, and are the same bits whether the keys lie in
     whole 16-slot groups (read in place) or in scattered blocks of 4 slots (copied into groups)."""
@@ -228,6 +231,7 @@ def test_screen_candidates_are_the_keys_whose_upper_bound_reaches_the_floor(k, e
     assert torch.equal(kernels.screen_candidates(bounds, k), want)
 
 
+@needs_int8_dot
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(-1e4, 1e4, width=16), min_size=16, max_size=16), st.integers(-30, 30))
 def test_a_key_sketch_stays_within_its_residual(values, exponent):
@@ -243,6 +247,7 @@ def test_a_key_sketch_stays_within_its_residual(values, exponent):
         assert int(rows.abs().max()) >= 64                                   # the largest entry keeps 7 bits
 
 
+@needs_int8_dot
 def test_the_largest_bf16_mantissa_is_clamped_into_int8():
     from deepseek.model.indexer import sketch_rows
 
@@ -252,6 +257,7 @@ def test_the_largest_bf16_mantissa_is_clamped_into_int8():
     assert float((key.double() - rows.double() * scale.double()).norm()) <= float(residual)
 
 
+@needs_int8_dot
 def test_fp8_keys_lose_only_their_small_entries_in_the_sketch(tiny_model):
     from deepseek.model.indexer import sketch_rows
 
@@ -262,6 +268,7 @@ def test_fp8_keys_lose_only_their_small_entries_in_the_sketch(tiny_model):
     assert torch.equal((rows.float() * scale.float()[:, None])[big], keys.float()[big])
 
 
+@needs_int8_dot
 def test_decode_takes_the_screened_path_on_long_contexts(tiny_model):
     from deepseek.model.indexer import sketch_keys
 
