@@ -8,16 +8,6 @@ import torch
 torch.set_num_threads(1)
 
 
-def _int8_dot() -> bool:
-    from deepseek.model import kernels
-
-    return kernels.int8_dot()
-
-
-# The int8 key sketch (and so its tests) exists only where its kernel runs: AVX512-VNNI and a compiler.
-needs_int8_dot = pytest.mark.skipif(not _int8_dot(), reason="no int8 key sketch here (needs AVX512-VNNI kernels)")
-
-
 @pytest.fixture(scope="session")
 def tiny_config():
     from deepseek.model import ModelConfig

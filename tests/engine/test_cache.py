@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from deepseek.engine.blocks import BlockManager
 from deepseek.engine.cache import PagedKVCache
 from deepseek.model import ForwardBatch, Transformer
-from conftest import needs_int8_dot
+from kernel_support import needs_int8_dot
 
 BLOCK = 16
 

@@ -13,7 +13,7 @@ import torch
 
 from deepseek.model import ForwardBatch, Transformer
 from deepseek.model.checkpoint import init_random_weights
-from conftest import needs_int8_dot
+from kernel_support import needs_int8_dot
 
 
 @contextlib.contextmanager

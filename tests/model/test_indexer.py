@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from deepseek.model.rope import rope_cos_sin, yarn_inv_freq
-from conftest import needs_int8_dot
+from kernel_support import needs_int8_dot
 
 
 def naive_fp8_quant(v: torch.Tensor) -> tuple[torch.Tensor, float]:
