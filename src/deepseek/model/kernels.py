@@ -124,6 +124,14 @@ def available() -> bool:
     return True
 
 
+def eager(x: torch.Tensor) -> bool:
+    """Whether a one-pass kernel (`fp8_round_trip`, `rms_norm`, `rope`) takes an op on x: CPU fp32
+    or bf16, outside autograd (training keeps torch's ops) and compiled graphs (which fuse torch's
+    own), with the kernels built."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and available())
+
+
 def small_linear(x: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """`F.linear(x, weight)` for a CPU `weight` [N, K] held column-major (`layers.column_major`), with
     x [..., K] of the weight's dtype (float32 or bfloat16). The result has x's dtype, or `out_dtype`
@@ -209,8 +217,7 @@ def sketch_bounds(rows: torch.Tensor, scale: torch.Tensor, residual: torch.Tenso
     int8 parts whose dot products with the sketch rows are exact integers; the bounds add what the
     sketch, the split and fp32 rounding can have lost (csrc/key_sketch.cpp has the analysis). Only
     where `int8_dot()`."""
-    if not int8_dot():
-        raise RuntimeError("sketch_bounds needs the native kernels and a CPU with AVX512-VNNI")
+    _require_int8_dot("sketch_bounds")
     return torch.ops.deepseek_kernels.sketch_bounds(rows, scale, residual, slots, q, w, key_norm)
 
 
@@ -235,6 +242,7 @@ def fp8_round_trip(x: torch.Tensor, ue8m0: bool) -> torch.Tensor:
 def key_sketch(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`indexer.sketch_rows` of keys [N, Di] (bf16, or fp32 rounded to bf16 first): int8 rows
     [N, Di], bf16 scales [N], fp32 residuals [N]. Only where `int8_dot()`."""
+    _require_int8_dot("key_sketch")
     return torch.ops.deepseek_kernels.key_sketch(keys)
 
 
@@ -242,6 +250,7 @@ def store_key_sketch(keys: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor
                      residual: torch.Tensor) -> None:
     """`key_sketch(keys)` written in place into a sketch's storage (`indexer.KeySketch`) at slots [N]:
     the same bits as `indexer.store_sketch`'s torch ops, in one call."""
+    _require_int8_dot("store_key_sketch")
     torch.ops.deepseek_kernels.store_key_sketch(keys, slots, rows, scale, residual)
 
 
@@ -256,6 +265,13 @@ def screen_candidates(bounds: torch.Tensor, k: int) -> torch.Tensor:
 def int8_dot() -> bool:
     """Whether the CPU has the int8 dot products `sketch_bounds` runs on (AVX512-VNNI)."""
     return available() and torch.ops.deepseek_kernels.int8_dot()
+
+
+def _require_int8_dot(op: str) -> None:
+    """Builds (or loads) the kernels if need be; refuses where the key-sketch ops cannot run. (A
+    graph being compiled holds the ops already: its tracing does not check.)"""
+    if not torch.compiler.is_compiling() and not int8_dot():
+        raise RuntimeError(f"{op} needs the native kernels and a CPU with AVX512-VNNI")
 
 
 def bf16_dot() -> bool:

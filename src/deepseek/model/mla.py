@@ -144,10 +144,9 @@ class MLA(nn.Module):
         (all of them, or the indexer's picks) are named by slot, and the native kernel reads them
         where they lie in the cache (torch's ops gather them)."""
         device = out.device
-        seqs = torch.tensor([d[0] for d in decodes], device=device)
         if len(decodes) == 1:   # one sequence: no padding
             seq, row, end, picks = decodes[0]
-            if picks is None and not (self.native_kernels and not torch.is_grad_enabled()):
+            if picks is None and not self._native():
                 c, pe, _ = cache.load(self.layer_id, seq, end)    # torch's ops: a view where the rows are one run
                 out[row:row + 1] = self._absorbed(q_nope[row:row + 1], q_pe[row:row + 1], c[None], pe[None], None)
                 return
@@ -163,6 +162,7 @@ class MLA(nn.Module):
                 if picks is not None:
                     positions[i, :picks.numel()] = picks
             rows = torch.tensor([d[1] for d in decodes], device=device)
+        seqs = torch.tensor([d[0] for d in decodes], device=device)
         latent, k_pe = cache.layer_rows(self.layer_id)
         out[rows] = self._absorbed(q_nope[rows], q_pe[rows], latent, k_pe, visible, cache.slots_of(seqs, positions))
 
@@ -209,7 +209,7 @@ class MLA(nn.Module):
         those at slots[b]. visible [B,K] masks padding (None: all visible). Returns [B,H,Dv].
         """
         w_uk, w_uv = self.frozen_absorbed or self._absorbed_weights(q_nope.dtype)  # [H,Dn,R], [H,R,Dv]
-        native = self.native_kernels and not torch.is_grad_enabled()
+        native = self._native()
         mm = kernels.matmul if native else torch.matmul
         if native and self.frozen_pairs is not None and q_nope.dtype == torch.bfloat16:
             (w_uk, w_uv), mm = self.frozen_pairs, kernels.packed_matmul
@@ -236,6 +236,10 @@ class MLA(nn.Module):
     # and bf16 ones the frozen absorbed weights packed for the pair products (`kernels.pack`).
     native_kernels = False
     frozen_pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _native(self) -> bool:
+        """Whether this call's decode products and attention run the native kernels (no autograd)."""
+        return self.native_kernels and not torch.is_grad_enabled()
 
     def prepare_inference(self, dtype: torch.dtype) -> None:
         if self.kv_b_proj.weight.dtype != torch.float8_e4m3fn:

@@ -76,9 +76,7 @@ def rotate_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
 def _native(x: torch.Tensor, cos: torch.Tensor) -> bool:
     """Whether the one-pass kernel (`kernels.rope`, the same bits) rotates x: CPU inference outside
     compiled graphs, where torch's expression is about fifteen ops."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and cos.dtype == torch.float32
-            and x.dim() >= 2 and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and kernels.available())
+    return x.dim() >= 2 and cos.dtype == torch.float32 and kernels.eager(x)
 
 
 def _broadcast(t: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -267,8 +267,6 @@ at::Tensor sketch_bounds(const at::Tensor& rows, const at::Tensor& scale, const 
               "sketch_bounds: w must be contiguous fp32 [H]");
   const int64_t T = slots.numel();
   const int64_t* sp = slots.data_ptr<int64_t>();
-  for (int64_t t = 0; t < T; ++t)
-    TORCH_CHECK(sp[t] >= 0 && sp[t] < 16 * G, "sketch_bounds: slot ", sp[t], " outside the sketch's ", 16 * G);
 
   Screen s{rows.data_ptr<uint8_t>(), scale.data_ptr<at::BFloat16>(), residual.data_ptr<float>(), C, H, {}, {},
            w.data_ptr<float>(), {}, 0, 0, 0};
@@ -291,7 +289,11 @@ at::Tensor sketch_bounds(const at::Tensor& rows, const at::Tensor& scale, const 
       }
       const int64_t first = sp[t];
       bool grid = first % 16 == 0;
-      for (int64_t j = 1; grid && j < n; ++j) grid = sp[t + j] == first + j;
+      for (int64_t j = 0; j < n; ++j) {   // each slot checked as its chunk is read: no pass of its own
+        TORCH_CHECK(sp[t + j] >= 0 && sp[t + j] < 16 * G, "sketch_bounds: slot ", sp[t + j], " outside the sketch's ",
+                    16 * G);
+        grid = grid && sp[t + j] == first + j;
+      }
       if (grid) {
         group_bounds(s, s.rows + (first / 16) * C * 64, s.scale + first, s.residual + first, lower + t, upper + t,
                      tail16(n));
