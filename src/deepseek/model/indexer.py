@@ -42,11 +42,13 @@ def hadamard_matrix(n: int, device: str = "cpu") -> torch.Tensor:
 
 def rotate_activation(x: torch.Tensor, h: torch.Tensor | None = None, native: bool = False) -> torch.Tensor:
     """Hadamard rotation over the last dim, fp32 compute, cast back (spec §8.2). `h`: the matrix, if
-    the caller holds it already; `native`: through `kernels.matmul` (CPU, no grad)."""
+    the caller holds it already; `native` (CPU, no grad): the native butterfly kernel instead of the
+    matrix product, n log n additions where the product takes n^2 (rounding may differ in the last
+    fp32 bit)."""
+    if native and not torch.is_grad_enabled():
+        return kernels.hadamard(x)
     if h is None:
         h = hadamard_matrix(x.shape[-1], str(x.device))
-    if native and not torch.is_grad_enabled():
-        return kernels.matmul(x.float().reshape(-1, x.shape[-1]), h).view(x.shape).to(x.dtype)
     return (x.float() @ h).to(x.dtype)
 
 

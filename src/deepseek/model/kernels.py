@@ -8,7 +8,8 @@ matrix once per 4 rows with AVX-512, widening bf16 on the fly, and sum in fp32 i
 a row's result is the same whatever else shares its batch. bf16 x bf16 products use the CPU's bf16
 pair dot products where it has them (`bf16_dot`). `latent_attention` runs MLA's decode attention
 over the paged cache rows where they lie, `sketch_bounds` the indexer's long-context scan over its
-int8 key sketch (AVX512-VNNI), and `argmax` the sampler's greedy pick. They are built
+int8 key sketch (AVX512-VNNI), `hadamard` the indexer's rotation (butterflies, as the reference's
+fast_hadamard_transform), and `argmax` the sampler's greedy pick. They are built
 with OpenMP and share a call's work among torch's threads when it is big enough to pay for waking
 them, without changing the order of any sum.
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = [CSRC / "small_gemm.cpp", CSRC / "latent_attention.cpp", CSRC / "argmax.cpp", CSRC / "key_sketch.cpp",
-           CSRC / "fp8_round_trip.cpp", CSRC / "rms_norm.cpp", CSRC / "rope.cpp"]
+           CSRC / "fp8_round_trip.cpp", CSRC / "rms_norm.cpp", CSRC / "rope.cpp", CSRC / "hadamard.cpp"]
 FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"]
 
 
@@ -105,6 +106,10 @@ def available() -> bool:
 
     @torch.library.register_fake("deepseek_kernels::rms_norm")
     def _(x, weight, eps):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("deepseek_kernels::hadamard")
+    def _(x):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("deepseek_kernels::fp8_round_trip")
@@ -237,6 +242,13 @@ def fp8_round_trip(x: torch.Tensor, ue8m0: bool) -> torch.Tensor:
     """`fp8.fake_quantize_activation(x)` for CPU fp32 or bf16 x [..., K], K a multiple of 128: the
     same bits in one pass. Only after `available()` returned True."""
     return torch.ops.deepseek_kernels.fp8_round_trip(x, ue8m0)
+
+
+def hadamard(x: torch.Tensor) -> torch.Tensor:
+    """`indexer.rotate_activation` of CPU fp32 or bf16 x [..., n] (n a power of two, 16 to 1024) as
+    the reference computes it: log2(n) butterfly stages in fp32, then the n^-0.5 scale, the result
+    in x's dtype. Only after `available()` returned True."""
+    return torch.ops.deepseek_kernels.hadamard(x)
 
 
 def key_sketch(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

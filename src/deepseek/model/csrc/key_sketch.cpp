@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <tuple>
 #include <functional>
 #include <limits>
@@ -178,24 +179,36 @@ struct Gathered {
 
 // The sketch of one key (deepseek/model/indexer.py, `sketch_rows`): its entries as bf16 values,
 // scale 2^(floor(log2 max|k|) - 6) (so the largest entry maps into [64, 128]), int8 entries
-// round(k / scale) clamped to +-127, and the residual ||k - scale * row|| (fp64 sum), rounded up.
+// round(k / scale) (ties to even) clamped to +-127, and the residual ||k - scale * row|| rounded up.
+// 16 entries at a time. k / scale is k times 1 / scale (both powers of two: the same rounding of
+// the same real number); k - scale * row is exact in fp32 (Sterbenz: the two are within a factor 2,
+// or row is 0), its square exact in fp64, and the fp64 sum's rounding (~2^-46 relative) is far
+// inside the final 2^-16 margin.
 template <typename T>
 float sketch_key(const T* k, int64_t Di, int8_t* row, at::BFloat16* scale) {
-  float top = 0;
-  for (int64_t d = 0; d < Di; ++d) top = std::max(top, std::fabs(static_cast<float>(at::BFloat16(k[d]))));
+  __m512 top = _mm512_setzero_ps();
+  for (int64_t d = 0; d < Di; d += 16)
+    top = _mm512_max_ps(top, _mm512_abs_ps(round_to<at::BFloat16>(load16(k + d, tail16(Di - d)))));
   int e = 0;
-  std::frexp(std::max(top, std::ldexp(1.0f, -100)), &e);   // top in [2^(e-1), 2^e)
+  std::frexp(std::max(_mm512_reduce_max_ps(top), std::ldexp(1.0f, -100)), &e);   // top in [2^(e-1), 2^e)
   const float s = std::ldexp(1.0f, e - 7);
-  double lost = 0;
-  for (int64_t d = 0; d < Di; ++d) {
-    const float v = static_cast<float>(at::BFloat16(k[d]));
-    const float r = std::clamp(std::nearbyint(v / s), -127.0f, 127.0f);
-    row[d] = static_cast<int8_t>(r);
-    const double miss = double(v) - double(r) * s;
-    lost += miss * miss;
+  const __m512 sv = _mm512_set1_ps(s), inv = _mm512_set1_ps(std::ldexp(1.0f, 7 - e)),
+               lim = _mm512_set1_ps(127.0f);
+  __m512d lost = _mm512_setzero_pd();
+  for (int64_t d = 0; d < Di; d += 16) {
+    const __mmask16 m = tail16(Di - d);
+    const __m512 v = round_to<at::BFloat16>(load16(k + d, m));
+    const __m512 r = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(_mm512_mul_ps(v, inv),
+                                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                                 _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
+    _mm_mask_storeu_epi8(row + d, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r)));
+    const __m512 miss = _mm512_sub_ps(v, _mm512_mul_ps(r, sv));
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(miss)),
+                  hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(miss), 1)));
+    lost = _mm512_add_pd(lost, _mm512_add_pd(_mm512_mul_pd(lo, lo), _mm512_mul_pd(hi, hi)));
   }
   *scale = at::BFloat16(s);
-  return static_cast<float>(std::sqrt(lost)) * (1.0f + 1.0f / 65536);
+  return static_cast<float>(std::sqrt(_mm512_reduce_add_pd(lost))) * (1.0f + 1.0f / 65536);
 }
 
 template <typename F>
@@ -244,7 +257,12 @@ void store_key_sketch(const at::Tensor& keys, const at::Tensor& slots, const at:
     const int64_t slot = sp[i];
     residual.data_ptr<float>()[slot] = sketch(row.data(), scale.data_ptr<at::BFloat16>() + slot);
     uint8_t* dst = base + (slot / 16) * C * 64 + (slot % 16) * 4;
-    for (int64_t d = 0; d < Di; ++d) dst[(d / 4) * 64 + d % 4] = static_cast<uint8_t>(row[d] + 128);
+    for (int64_t c = 0; c < C; ++c) {     // 4 entries, offset by 128 (the sign bit flipped), as one word
+      uint32_t word;
+      std::memcpy(&word, row.data() + 4 * c, 4);
+      word ^= 0x80808080u;
+      std::memcpy(dst + c * 64, &word, 4);
+    }
   });
 }
 

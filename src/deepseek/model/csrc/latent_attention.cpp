@@ -6,7 +6,8 @@
 //   p = softmax(s), rounded to the cache's dtype, as `probs.to(c.dtype)` is
 //   o_lat[b, h] = sum_t p_t latent[slots[b, t]]    (fp32 sums, rounded once to the cache's dtype)
 // `latent` [S, R] and `k_pe` [S, Dr] are a layer's cache rows as they lie (row strides free), so a
-// decode step needs no gathered copy of every visible row. Rows that are not visible are skipped,
+// decode step needs no gathered copy of every visible row; q_lat and q_pe are read as they lie too
+// (batch and head strides free). Rows that are not visible are skipped,
 // never read: a sequence's result is bitwise the same alone, in any batch, with any padding, and
 // wherever its rows lie, and at any thread count. Heads are taken 4 at a time, so each cached row
 // is read once per 4 heads. With fewer sequences than threads, a long one's work is split: scores
@@ -128,7 +129,7 @@ BF16_TARGET void output_pairs(const std::vector<float>& p, const std::vector<int
 // One sequence. Bf16 q and cache with AVX512-BF16 (Q16 = true) take pair dot products throughout:
 // the scores sum pairs of columns, and the output sums pairs of rows (probabilities are bf16 there).
 template <bool Q16, typename TQ, typename TC>
-void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, const TC* latent, int64_t ldl,
+void attend(const TQ* q_lat, int64_t hl, const TQ* q_pe, int64_t hp, int64_t H, int64_t R, int64_t Dr, const TC* latent, int64_t ldl,
             const TC* k_pe, int64_t ldp, const int64_t* slots, const bool* visible, int64_t K, float scale, TC* out) {
   constexpr int64_t kPad = Q16 ? 32 : 16;
   using QT = std::conditional_t<Q16, uint16_t, float>;
@@ -137,11 +138,11 @@ void attend(const TQ* q_lat, const TQ* q_pe, int64_t H, int64_t R, int64_t Dr, c
   std::vector<QT> ql(H4 * Rp, QT(0)), qp(H4 * Dp, QT(0));
   for (int64_t h = 0; h < H; ++h) {
     if constexpr (Q16) {
-      for (int64_t c = 0; c < R; ++c) ql[h * Rp + c] = q_lat[h * R + c].x;
-      for (int64_t c = 0; c < Dr; ++c) qp[h * Dp + c] = q_pe[h * Dr + c].x;
+      for (int64_t c = 0; c < R; ++c) ql[h * Rp + c] = q_lat[h * hl + c].x;
+      for (int64_t c = 0; c < Dr; ++c) qp[h * Dp + c] = q_pe[h * hp + c].x;
     } else {
-      for (int64_t c = 0; c < R; ++c) ql[h * Rp + c] = static_cast<float>(q_lat[h * R + c]);
-      for (int64_t c = 0; c < Dr; ++c) qp[h * Dp + c] = static_cast<float>(q_pe[h * Dr + c]);
+      for (int64_t c = 0; c < R; ++c) ql[h * Rp + c] = static_cast<float>(q_lat[h * hl + c]);
+      for (int64_t c = 0; c < Dr; ++c) qp[h * Dp + c] = static_cast<float>(q_pe[h * hp + c]);
     }
   }
   std::vector<int64_t> rows;        // slots of the visible t, in t order
@@ -286,7 +287,8 @@ at::Tensor latent_attention(const at::Tensor& q_lat, const at::Tensor& q_pe, con
   const bool* vp = visible.has_value() ? vis.data_ptr<bool>() : nullptr;
   for (int64_t i = 0; i < B * K; ++i)
     TORCH_CHECK(!(vp == nullptr || vp[i]) || (sp[i] >= 0 && sp[i] < S), "latent_attention: slot ", sp[i], " out of range");
-  const at::Tensor ql = q_lat.contiguous(), qp = q_pe.contiguous();
+  // q is read where it lies (any batch and head strides; a transposed product's output needs no copy)
+  const at::Tensor ql = q_lat.stride(2) == 1 ? q_lat : q_lat.contiguous(), qp = q_pe.stride(2) == 1 ? q_pe : q_pe.contiguous();
   at::Tensor out = at::empty({B, H, R}, latent.options());
   if (out.numel() == 0) return out;
   auto each = [&](auto tq, auto tc, auto q16) {
@@ -297,7 +299,8 @@ at::Tensor latent_attention(const at::Tensor& q_lat, const at::Tensor& q_pe, con
     // phases split across threads. Either way the same arithmetic.
     auto run = [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        attend<Q16, TQ, TC>(ql.data_ptr<TQ>() + b * H * R, qp.data_ptr<TQ>() + b * H * Dr, H, R, Dr, latent.data_ptr<TC>(),
+        attend<Q16, TQ, TC>(ql.data_ptr<TQ>() + b * ql.stride(0), ql.stride(1), qp.data_ptr<TQ>() + b * qp.stride(0),
+                            qp.stride(1), H, R, Dr, latent.data_ptr<TC>(),
                        latent.stride(0), k_pe.data_ptr<TC>(), k_pe.stride(0), sp + b * K, vp ? vp + b * K : nullptr, K,
                        static_cast<float>(scale), out.data_ptr<TC>() + b * H * R);
     };

@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -606,7 +607,8 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& weights, const at:
               "moe_experts: x and the experts in one dtype, float32 or bfloat16");
   TORCH_CHECK(weights.scalar_type() == at::kFloat && ids.scalar_type() == at::kLong,
               "moe_experts: float32 weights and int64 ids");
-  at::Tensor y = at::zeros({x.size(0), x.size(1)}, x.options().dtype(at::kFloat));
+  at::Tensor y = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kFloat));
+  std::memset(y.data_ptr<float>(), 0, y.numel() * sizeof(float));   // (at::zeros dispatches a fill: ~3x the time)
   if (x.scalar_type() == at::kFloat) experts<float>(x, weights, ids, gate_up, down, y);
   else experts<at::BFloat16>(x, weights, ids, gate_up, down, y);
   return y;
