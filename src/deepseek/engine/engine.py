@@ -160,10 +160,11 @@ class LLMEngine:
         if not batch:
             return []
         sampled = self.runner.run(batch)
-        outputs = []
+        outputs, bs = [], self.blocks.block_size
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed += n
-            self.blocks.register(seq.table, seq.token_ids, seq.num_computed)
+            if seq.num_computed // bs > len(seq.table.digests):     # a block filled up: digest it
+                self.blocks.register(seq.table, seq.token_ids, seq.num_computed)
             if seq in sampled:
                 outputs.append(self._append(seq, sampled[seq]))
         return outputs

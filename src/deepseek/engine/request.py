@@ -10,7 +10,7 @@ import enum
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .blocks import BlockTable
 from .detokenizer import IncrementalDetokenizer
@@ -55,9 +55,10 @@ class SparseStats:
     density: float            # attended_tokens / mean context at those steps
 
 
-@dataclass(frozen=True)
-class RequestOutput:
-    """One update for a request: the text and tokens new since the last update; figures at the end."""
+class RequestOutput(NamedTuple):
+    """One update for a request: the text and tokens new since the last update; figures at the end.
+    (Immutable; a named tuple because one is built per request per step: a frozen dataclass takes
+    about 3x as long to construct.)"""
 
     request_id: str
     text: str

@@ -11,7 +11,7 @@ parallelism would wrap the model here without changing the scheduler.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,8 +25,7 @@ from .sampler import Sampler
 from .scheduler import ScheduledBatch
 
 
-@dataclass(frozen=True)
-class Sampled:
+class Sampled(NamedTuple):
     token_id: int
     logprob: TokenLogprob | None
 
