@@ -105,6 +105,11 @@ class Transformer(nn.Module):
             h = layer.decode(h, cos, sin, rows)
         return self.model.norm(h)
 
+    def decode_reads_in_place(self) -> bool:
+        """Whether `decode` reads the cached rows where they lie (every layer's attention on the
+        native kernel, set by `prepare_inference`), rather than gathering each visible row first."""
+        return all(layer.self_attn.native_kernels for layer in self.model.layers)
+
     def uses_indexer(self, context: int) -> bool:
         """Whether a sparse query with `context` visible keys runs the indexer (else DSA == dense)."""
         return any(layer.self_attn.needs_index(context) for layer in self.model.layers)
