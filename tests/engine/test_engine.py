@@ -58,16 +58,23 @@ def test_batched_greedy_outputs_equal_each_request_alone(make_engine, sparse):
 
 @pytest.mark.slow
 def test_compiled_decode_gives_the_eager_outputs(make_engine):
-    """EngineConfig(compile=True): torch.compile'd dense decode steps (one graph for batch >= 2;
-    batch 1 would be a second compile, so the requests all finish at the same step)."""
-    requests = lambda: [Request(f"r{i}", p, GREEDY, sparse=False) for i, p in enumerate(prompts(4, seed=5))]
+    """EngineConfig(compile=True): torch.compile'd dense decode steps (one graph for batch >= 2, one
+    for batch 1). The requests end at different steps, so the batch shrinks 4 -> 2 -> 1: after its
+    first call, each shape class runs on only the guards that tell the graphs apart."""
+    lengths = (6, 6, 12, 20)
+    requests = lambda: [Request(f"r{i}", p, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), sparse=False)
+                        for i, (p, n) in enumerate(zip(prompts(4, seed=5), lengths))]
     eager, compiled = make_engine(), make_engine(compile=True)
     eager.warm_up()                             # what `deepseek serve --compile` does at start-up
     assert_all_blocks_free(eager)
     expected = run(eager, requests())
     got = run(compiled, requests())
     assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in expected.items()}
+    assert [len(v[0]) for v in got.values()] == list(lengths)
+    assert compiled.runner._guarded == {(False, False), (True, False)}
     assert_all_blocks_free(compiled)
+    again = run(compiled, requests())           # every class now skips the full guard check
+    assert {k: v[0] for k, v in again.items()} == {k: v[0] for k, v in expected.items()}
 
 
 def test_sparse_and_dense_agree_below_index_topk_and_differ_above(make_engine):
