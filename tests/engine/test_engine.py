@@ -71,10 +71,19 @@ def test_compiled_decode_gives_the_eager_outputs(make_engine):
     got = run(compiled, requests())
     assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in expected.items()}
     assert [len(v[0]) for v in got.values()] == list(lengths)
-    assert compiled.runner._guarded == {(False, False), (True, False)}
+    threads = torch.get_num_threads()
+    assert compiled.runner._guarded == {(False, False, threads), (True, False, threads)}
     assert_all_blocks_free(compiled)
     again = run(compiled, requests())           # every class now skips the full guard check
     assert {k: v[0] for k, v in again.items()} == {k: v[0] for k, v in expected.items()}
+    other = 2 if threads == 1 else 1    # inductor's kernels specialize on the thread count: a new class
+    torch.set_num_threads(other)
+    try:
+        moved = run(compiled, requests())
+    finally:
+        torch.set_num_threads(threads)
+    assert {k: v[0] for k, v in moved.items()} == {k: v[0] for k, v in expected.items()}
+    assert (False, False, other) in compiled.runner._guarded
 
 
 def test_sparse_and_dense_agree_below_index_topk_and_differ_above(make_engine):

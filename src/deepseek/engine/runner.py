@@ -52,8 +52,8 @@ class ModelRunner:
             self.decode_logits = torch.compile(decode_logits, options={
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe, "cpp_wrapper": True,
                 "size_asserts": False, "alignment_asserts": False, "scalar_asserts": False, "freezing": True})
-        # Shape classes (batch 1?, width 1?) the compiled step has run under full guards.
-        self._guarded: set[tuple[bool, bool]] = set()
+        # Input classes (batch 1?, width 1?, threads) the compiled step has run under full guards.
+        self._guarded: set[tuple[bool, bool, int]] = set()
         self.decode_in_place = model.decode_reads_in_place()
         self.sampler = sampler or Sampler()
         self.eos = model.config.eos_token_id
@@ -109,20 +109,26 @@ class ModelRunner:
 
     def _call_decode(self, tokens: torch.Tensor, positions: torch.Tensor, rows: DecodeRows, cos: torch.Tensor,
                      sin: torch.Tensor) -> torch.Tensor:
-        """`decode_logits`. Compiled, the first call of each shape class (batch 1 or more, context
-        width 1 or more: the only ways these inputs differ) evaluates every guard, compiling where
-        none holds; later calls of that class evaluate only the guards that tell the compiled
-        graphs apart (torch's `skip_guard_eval_unsafe` stance), whose full check had grown to ~0.14
-        ms a step at batch 32 (~0.02 at batch 1): 5% of the step."""
+        """`decode_logits`. Compiled, the first call of each class of inputs (batch 1 or more,
+        context width 1 or more, and the thread count, which inductor's C++ kernels specialize on:
+        the only ways the inputs differ) evaluates every guard, compiling where none holds; later
+        calls of that class evaluate only the guards that tell the compiled graphs apart (torch's
+        `skip_guard_eval_unsafe` stance), whose full check had grown to ~0.14 ms a step at batch 32
+        (~0.02 at batch 1): 5% of the step. Should those guards still ask for a new graph, torch
+        refuses before running anything, and the call is made again with every guard."""
         if not self.compiled:
             return self.decode_logits(tokens, positions, rows, cos, sin)
-        shape_class = (tokens.shape[0] == 1, rows.read_slots.shape[1] == 1)
-        if shape_class not in self._guarded:
-            logits = self.decode_logits(tokens, positions, rows, cos, sin)
-            self._guarded.add(shape_class)
-            return logits
-        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-            return self.decode_logits(tokens, positions, rows, cos, sin)
+        key = (tokens.shape[0] == 1, rows.read_slots.shape[1] == 1, torch.get_num_threads())
+        if key in self._guarded:
+            try:
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    return self.decode_logits(tokens, positions, rows, cos, sin)
+            except RuntimeError as e:
+                if "skip_guard_eval_unsafe" not in str(e):
+                    raise
+        logits = self.decode_logits(tokens, positions, rows, cos, sin)
+        self._guarded.add(key)
+        return logits
 
     def _dense_decode(self, seqs: list[Sequence], counts: tuple[int, ...]) -> bool:
         """Whether `decode` runs this step: one new token per sequence, each attending to every
