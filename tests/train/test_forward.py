@@ -1,6 +1,7 @@
 """The training forward is the inference model's math, batched and differentiable."""
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 
 from deepseek.model import ModelConfig, Transformer
@@ -78,3 +79,58 @@ def test_training_works_after_inference_mode_use_in_the_same_process(model, toke
     fw.logits(model, tokens, fw.Mode(sparse=True, index_loss="sparse"), aux)
     torch.stack(aux.index_kl).sum().backward()
     model.zero_grad(set_to_none=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 5), min_size=12, max_size=12), min_size=1, max_size=3))
+def test_induction_targets_are_the_positions_after_earlier_occurrences(rows):
+    tokens = torch.tensor(rows)
+    targets = fw.induction_targets(tokens)
+    for b, row in enumerate(rows):
+        for s in range(len(row)):
+            expected = {t + 1 for t in range(s) if row[t] == row[s]}
+            assert set(targets[b, s].nonzero().flatten().tolist()) == expected
+
+
+def test_copy_heads_record_head_zero_and_leave_the_logits_alone(model, tokens):
+    aux = fw.Aux()
+    with torch.no_grad():
+        fused = fw.logits(model, tokens, fw.Mode())
+        probed = fw.logits(model, tokens, fw.Mode(copy_heads=(0, 1)), aux)
+    torch.testing.assert_close(probed, fused, atol=1e-3, rtol=0)
+    assert set(aux.copy_heads) == {"previous", "induction"}
+    for logp in aux.copy_heads.values():
+        assert logp.shape == (2, 80, 80)
+        torch.testing.assert_close(logp.exp().sum(-1), torch.ones(2, 80))
+        assert torch.isneginf(logp[:, 0, 1:]).all()         # causal: the first query sees itself only
+
+
+def test_copy_head_loss_is_zero_for_a_perfect_circuit_and_trains_the_first_layers(model):
+    tokens = torch.tensor([[5, 6, 7, 5, 6, 9, 5, 6]])
+    s_len = tokens.shape[1]
+    previous = torch.full((1, s_len, s_len), float("-inf"))
+    previous[0, 0, 0] = 0
+    previous[0, torch.arange(1, s_len), torch.arange(s_len - 1)] = 0           # all mass on s - 1
+    induction = torch.where(fw.induction_targets(tokens), 0.0, -30.0)
+    induction = induction.log_softmax(-1)
+    perfect = fw.Aux(copy_heads={"previous": previous, "induction": induction})
+    assert fw.copy_head_loss(perfect, tokens).item() < 1e-6
+    flat = torch.full((1, s_len, s_len), -torch.log(torch.tensor(8.0)).item())
+    assert fw.copy_head_loss(fw.Aux(copy_heads={"previous": flat, "induction": flat}), tokens).item() > 3
+
+    aux = fw.Aux()
+    real = torch.randint(20, 60, (2, 40), generator=torch.Generator().manual_seed(1))   # repeats plenty
+    fw.logits(model, real, fw.Mode(copy_heads=(0, 1)), aux)
+    loss = fw.copy_head_loss(aux, real)
+    layers = model.model.layers
+    g0, g1, g2 = torch.autograd.grad(loss, [layers[0].self_attn.q_b_proj.weight, layers[1].self_attn.q_b_proj.weight,
+                                            layers[2].self_attn.q_b_proj.weight], allow_unused=True)
+    assert g0.abs().sum() > 0 and g1.abs().sum() > 0
+    assert g2 is None                       # only the two supervised layers (and what feeds them) learn
+
+
+def test_copy_heads_need_dense_attention_and_two_layers():
+    with pytest.raises(ValueError):
+        fw.Mode(sparse=True, copy_heads=(0, 1))
+    with pytest.raises(ValueError):
+        fw.Mode(copy_heads=(1, 1))

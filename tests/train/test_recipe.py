@@ -24,6 +24,7 @@ def test_every_stage_runs_and_plots_its_losses(trained):
     for name, stage in summary["stages"].items():
         assert stage["last"]["step"] == stage["steps"] - 1
         assert (work / f"{name}.png").stat().st_size > 0
+    assert "copy_heads" in summary["stages"]["dense"]["last"]      # the copying circuit is taught
     assert "index_kl" in summary["stages"]["indexer_warmup"]["last"]
     assert "index_kl" in summary["stages"]["sparse"]["last"]
     assert "index_kl" in summary["stages"]["sft"]["last"]

@@ -41,6 +41,14 @@ class Mode:
     index_loss: str | None = None
     coverage: bool = False
     index_topk: int | None = None      # overrides the config's (evaluation at another context)
+    # (previous-token layer, induction layer): the first head of each is taught its part of a copying
+    # circuit (`copy_head_loss`), with this weight. Dense attention only.
+    copy_heads: tuple[int, int] | None = None
+    copy_head_weight: float = 0.1
+
+    def __post_init__(self):
+        if self.copy_heads is not None and (self.sparse or len(set(self.copy_heads)) != 2):
+            raise ValueError(f"copy_heads needs dense attention and two different layers, got {self}")
 
 
 @dataclass
@@ -50,6 +58,8 @@ class Aux:
     index_kl: list[torch.Tensor] = field(default_factory=list)     # one scalar per layer
     coverage: list[torch.Tensor] = field(default_factory=list)     # per layer: mean mass, queries past k
     expert_load: list[torch.Tensor] = field(default_factory=list)  # per MoE layer: tokens per expert
+    # "previous" / "induction": log-probabilities [B, S, T] of the copy heads (`Mode.copy_heads`)
+    copy_heads: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def ste_fp8(x: torch.Tensor, scale_fmt: str) -> torch.Tensor:
@@ -81,8 +91,9 @@ def _kl(target: torch.Tensor, logits: torch.Tensor, keep: torch.Tensor) -> torch
 
 
 def mla_forward(attn: MLA, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: Mode,
-                aux: Aux) -> torch.Tensor:
-    """x: [S, B, D] attn_norm output -> [S, B, D]. Expanded form over the whole causal window."""
+                aux: Aux, copy_head: str | None = None) -> torch.Tensor:
+    """x: [S, B, D] attn_norm output -> [S, B, D]. Expanded form over the whole causal window.
+    `copy_head`: record the first head's log-probabilities in `aux.copy_heads` under that name."""
     s_len, b = x.shape[:2]
     qr = attn.q_a_layernorm(attn.q_a_proj(x))
     q = attn.q_b_proj(qr).view(s_len, b, attn.n_heads, attn.nope_dim + attn.rope_dim)
@@ -94,7 +105,7 @@ def mla_forward(attn: MLA, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     kv = attn.kv_b_proj(latent).view(s_len, b, attn.n_heads, attn.nope_dim + attn.v_dim)
     k_nope, v = kv.split([attn.nope_dim, attn.v_dim], dim=-1)
 
-    if attn.indexer is None or not (mode.sparse or mode.index_loss or mode.coverage):
+    if copy_head is None and (attn.indexer is None or not (mode.sparse or mode.index_loss or mode.coverage)):
         return attn.o_proj(_dense_sdpa(attn, q_nope, q_pe, k_nope, k_pe, v))
     scores = (torch.einsum("sbhd,tbhd->bhst", q_nope, k_nope)
               + torch.einsum("sbhd,tbd->bhst", q_pe, k_pe)).float() * attn.softmax_scale
@@ -111,6 +122,8 @@ def mla_forward(attn: MLA, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
         if mode.sparse:
             keep = selected
     p = scores.masked_fill(~keep[:, None], float("-inf")).softmax(-1)         # [B, H, S, T]
+    if copy_head is not None:
+        aux.copy_heads[copy_head] = scores[:, 0].masked_fill(~keep, float("-inf")).log_softmax(-1)
     if index is not None and mode.index_loss:
         target = p.detach().sum(1)
         target = target / target.sum(-1, keepdim=True)
@@ -134,9 +147,9 @@ def _dense_sdpa(attn: MLA, q_nope, q_pe, k_nope, k_pe, v) -> torch.Tensor:
 
 
 def layer_forward(layer: DecoderLayer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  mode: Mode, aux: Aux) -> torch.Tensor:
+                  mode: Mode, aux: Aux, copy_head: str | None = None) -> torch.Tensor:
     """h: [S, B, D] residual stream -> [S, B, D]."""
-    h = h + mla_forward(layer.self_attn, layer.input_layernorm(h), cos, sin, mode, aux)
+    h = h + mla_forward(layer.self_attn, layer.input_layernorm(h), cos, sin, mode, aux, copy_head)
     x = layer.post_attention_layernorm(h)
     if isinstance(layer.mlp, MoE):
         _, ids = layer.mlp.gate(x.detach().flatten(0, 1))
@@ -153,8 +166,9 @@ def hidden_states(model: Transformer, tokens: torch.Tensor, mode: Mode, aux: Aux
     """tokens [B, S] -> final-normed hidden states [S, B, D] of the main model."""
     cos, sin = rope(model, tokens.shape[1], tokens.device)
     h = model.model.embed_tokens(tokens.t())
-    for layer in model.model.layers[:model.config.num_hidden_layers]:
-        h = layer_forward(layer, h, cos, sin, mode, aux)
+    copy_heads = dict(zip(mode.copy_heads, ("previous", "induction"))) if mode.copy_heads else {}
+    for i, layer in enumerate(model.model.layers[:model.config.num_hidden_layers]):
+        h = layer_forward(layer, h, cos, sin, mode, aux, copy_heads.get(i))
     return model.model.norm(h)
 
 
@@ -178,6 +192,35 @@ def mtp_logits(model: Transformer, hidden: torch.Tensor, tokens: torch.Tensor, m
     z = layer.eh_proj(torch.cat((layer.enorm(e), layer.hnorm(hidden[:s_len])), dim=-1))
     z = layer_forward(layer, z, cos, sin, mode, aux)
     return layer.shared_head(z).transpose(0, 1)
+
+
+def induction_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """[B, S] -> [B, S, S] bool: key u is a target of query s when the token before u is an earlier
+    occurrence of token s (u - 1 < s), i.e. u is where that earlier occurrence went on."""
+    s_len = tokens.shape[1]
+    earlier = torch.ones(s_len, s_len, dtype=torch.bool, device=tokens.device).tril(-1)
+    same = (tokens[:, :, None] == tokens[:, None, :]) & earlier              # [B, S, T]: t < s
+    targets = torch.zeros_like(same)
+    targets[:, :, 1:] = same[:, :, :-1]
+    return targets
+
+
+def copy_head_loss(aux: Aux, tokens: torch.Tensor) -> torch.Tensor:
+    """Supervision of a copying circuit (an induction head), tokens [B, S] the inputs: the previous-token
+    head's -log p(s -> s-1) over queries s >= 1, plus the induction head's -log of the probability it
+    puts on `induction_targets`, over the queries that have any. A layer-1 head reading what a
+    layer-0 head wrote about the previous token is how transformers come to copy from their context,
+    but the pair is slow to form unaided: on pure copy practice (random 6-48-token stretches, each
+    repeated at once) this narrow model was still at 7.5 nats after 2400 steps (uniform: 8.3); with
+    this loss (weight 0.1) it copies them at 0.09 nats after 1100."""
+    previous, induction = aux.copy_heads["previous"], aux.copy_heads["induction"]
+    s = torch.arange(1, tokens.shape[1], device=tokens.device)
+    loss = -previous[:, s, s - 1].mean()
+    targets = induction_targets(tokens)
+    queries = targets.any(-1)
+    if queries.any():
+        loss = loss - induction.masked_fill(~targets, float("-inf")).logsumexp(-1)[queries].mean()
+    return loss
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """The V3.2 training recipe at laptop scale: `deepseek train --recipe nano` (spec §8.6).
 
 1. **dense**: pre-training with dense attention; the indexers and the MTP layer are not used yet.
+   The first heads of layers 0 and 1 are also taught a copying circuit (a previous-token head and an
+   induction head, `forward.copy_head_loss`), which this narrow model does not form unaided.
 2. **indexer_warmup**: the main model frozen; each layer's indexer learns the KL divergence to its
    main attention (summed over heads, L1-normalised), over every visible key.
 3. **sparse**: top-k attention on. The model keeps learning the next token; the indexer learns the
@@ -77,8 +79,9 @@ class Recipe:
         return sum(s.steps for s in self.stages if not s.sft) * self.batch * (self.context + 1)
 
 
-def _stages(dense: int, warmup: int, sparse: int, sft: int, mtp: int, lr: float) -> tuple[Stage, ...]:
-    return (Stage("dense", dense, lr, "main", Mode(), warmup=max(1, min(100, dense // 10))),
+def _stages(dense: int, warmup: int, sparse: int, sft: int, mtp: int, lr: float,
+            copy_heads: tuple[int, int] | None = (0, 1)) -> tuple[Stage, ...]:
+    return (Stage("dense", dense, lr, "main", Mode(copy_heads=copy_heads), warmup=max(1, min(100, dense // 10))),
             Stage("indexer_warmup", warmup, 1e-3, "indexer", Mode(index_loss="dense"), warmup=10),
             Stage("sparse", sparse, lr / 5, "all", Mode(sparse=True, index_loss="sparse"), warmup=10),
             Stage("sft", sft, lr / 2, "all", Mode(sparse=True, index_loss="sparse"), warmup=10, sft=True),
