@@ -79,9 +79,8 @@ class Recipe:
         return sum(s.steps for s in self.stages if not s.sft) * self.batch * (self.context + 1)
 
 
-def _stages(dense: int, warmup: int, sparse: int, sft: int, mtp: int, lr: float,
-            copy_heads: tuple[int, int] | None = (0, 1)) -> tuple[Stage, ...]:
-    return (Stage("dense", dense, lr, "main", Mode(copy_heads=copy_heads), warmup=max(1, min(100, dense // 10))),
+def _stages(dense: int, warmup: int, sparse: int, sft: int, mtp: int, lr: float) -> tuple[Stage, ...]:
+    return (Stage("dense", dense, lr, "main", Mode(copy_heads=(0, 1)), warmup=max(1, min(100, dense // 10))),
             Stage("indexer_warmup", warmup, 1e-3, "indexer", Mode(index_loss="dense"), warmup=10),
             Stage("sparse", sparse, lr / 5, "all", Mode(sparse=True, index_loss="sparse"), warmup=10),
             Stage("sft", sft, lr / 2, "all", Mode(sparse=True, index_loss="sparse"), warmup=10, sft=True),
