@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import random
 import re
 import textwrap
 from collections import Counter
@@ -13,7 +14,7 @@ import pytest
 
 from deepseek.chat import encode_messages, parse_completion
 from deepseek.tokenizer import ASSISTANT, BOS, EOS, THINK_CLOSE, THINK_OPEN
-from deepseek.train import data
+from deepseek.train import conversations, data
 from deepseek.train.synthetic import VERBS, split_of, text, tools
 
 N = 500  # per kind and split
@@ -21,12 +22,13 @@ N = 500  # per kind and split
 
 @pytest.fixture(scope="module")
 def generated() -> dict[tuple[str, str], list[data.Example]]:
-    return {(kind, split): data.examples(kind, N, split, seed=7)
-            for kind in data.KINDS for split in data.SPLITS}
+    """Examples by (kind, split); "made_up": training examples that all use made-up names."""
+    out = {(kind, split): data.examples(kind, N, split, seed=7) for kind in data.KINDS for split in data.SPLITS}
+    return out | {(kind, "made_up"): data.examples(kind, N, "train", seed=7, invented=1.0) for kind in data.INVENTIVE}
 
 
-def every(generated, kinds=data.KINDS, splits=data.SPLITS):
-    return [e for kind in kinds for split in splits for e in generated[kind, split]]
+def every(generated, kinds=data.KINDS, splits=data.SPLITS + ("made_up",)):
+    return [e for kind in kinds for split in splits if (kind, split) in generated for e in generated[kind, split]]
 
 
 def with_tools_on_system(example: data.Example) -> list[dict]:
@@ -91,9 +93,14 @@ def test_tool_requests_name_the_tool_and_write_out_every_value(generated):
     for e in every(generated, ["tool_call"]):
         request, name = user_texts(e)[-1], e.expected["name"]
         assert name in [t["function"]["name"] for t in e.tools] and 1 <= len(e.tools) <= 3
-        tool = by_name[name]
-        assert any(word in request.lower() for word in VERBS[tool.verb].words)
-        assert tool.noun.text in request or tool.noun.plural in request
+        tool = by_name.get(name)
+        if tool is None:    # made up (`synthetic.invented_tool`): verb_noun, the noun written as such
+            verb, noun = name.split("_", 1)
+            assert split_of(name) == "train" and any(word in request.lower() for word in VERBS[verb].words)
+            assert noun in request
+        else:
+            assert any(word in request.lower() for word in VERBS[tool.verb].words)
+            assert tool.noun.text in request or tool.noun.plural in request
         assert 1 <= len(e.expected["arguments"]) <= 4
         for key, value in e.expected["arguments"].items():
             if not isinstance(value, bool):
@@ -153,6 +160,30 @@ def test_held_out_tool_schemas_never_appear_in_training(generated):
     # New combinations of known words: every held-out verb and noun is also trained.
     assert {t.verb for t in tools("heldout")} <= {t.verb for t in tools("train")}
     assert {t.noun for t in tools("heldout")} <= {t.noun for t in tools("train")}
+
+
+def called(e: data.Example) -> str:
+    return e.expected["name"] if e.kind == "tool_call" else e.messages[-2]["tool_calls"][0]["function"]["name"]
+
+
+@pytest.mark.parametrize("kind", data.INVENTIVE)
+def test_made_up_names_take_their_share_of_training_only_and_change_nothing_else(generated, kind):
+    """A made-up tool's name (and its id's prefix) or JSON key can only be copied from the request."""
+    known_tools = {tool.name for split in data.SPLITS for tool in tools(split)}
+    known_keys = {key for make, _ in conversations.RECORDS for key in make(random.Random(0))}
+
+    def made_up(e: data.Example) -> bool:
+        return (called(e) not in known_tools if kind != "json"
+                else not set(json.loads(e.completion.removesuffix(EOS))) <= known_keys)
+
+    invented = data.examples(kind, N, "train", seed=7, invented=0.5)
+    names = Counter(called(e) if kind != "json" else e.completion for e in invented if made_up(e))
+    assert 0.4 * N < sum(names.values()) < 0.6 * N
+    assert len(names) > 0.9 * sum(names.values())     # hardly ever the same one twice
+    assert not any(made_up(e) for e in generated[kind, "train"])        # the default: none
+    # held-out examples never change, and neither do the training ones of other kinds
+    assert data.examples(kind, 50, "heldout", seed=7, invented=0.5) == generated[kind, "heldout"][:50]
+    assert data.examples("qa", 50, "train", seed=7, invented=0.5) == generated["qa", "train"][:50]
 
 
 @pytest.mark.parametrize("kind", data.KINDS)

@@ -60,6 +60,23 @@ def test_coverage_is_a_share_and_full_when_k_covers_everything(model, tokens):
     assert all(abs(float(c) - 1) < 1e-5 for c in aux.coverage)
 
 
+def test_concentration_is_minus_log_coverage_and_trains_only_the_main_attention(model, tokens):
+    aux, seen = fw.Aux(), fw.Aux()
+    fw.logits(model, tokens, fw.Mode(sparse=True, index_loss="sparse", concentrate=0.5, index_topk=16), aux)
+    with torch.no_grad():
+        fw.logits(model, tokens, fw.Mode(coverage=True, index_topk=16), seen)
+    assert len(aux.concentration) == model.config.num_hidden_layers
+    for outside, covered in zip(aux.concentration, seen.coverage):
+        # -log of the mean mass (coverage) <= mean of -log mass (Jensen); both are 0 at full coverage
+        assert outside.item() >= -float(covered.log()) - 1e-5
+    indexer = model.model.layers[1].self_attn.indexer.wk.weight
+    main = model.model.layers[1].self_attn.q_a_proj.weight
+    g_indexer, g_main = torch.autograd.grad(aux.concentration[1], [indexer, main], allow_unused=True)
+    assert g_indexer is None and g_main.abs().sum() > 0
+    with pytest.raises(ValueError, match="concentrate"):
+        fw.Mode(concentrate=0.5)
+
+
 def test_fp8_round_trip_passes_gradients_straight_through():
     x = torch.randn(3, 128, requires_grad=True)
     y = fw.ste_fp8(x, "ue8m0")

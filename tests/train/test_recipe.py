@@ -1,6 +1,7 @@
 """The whole recipe, at smoke scale: stages run, resume, export a loadable FP8 checkpoint, evaluate."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ def test_every_stage_runs_and_plots_its_losses(trained):
     assert "copy_heads" in summary["stages"]["dense"]["last"]      # the copying circuit is taught
     assert "index_kl" in summary["stages"]["indexer_warmup"]["last"]
     assert "index_kl" in summary["stages"]["sparse"]["last"]
+    assert 0 < summary["stages"]["sparse"]["last"]["topk_mass"] <= 1      # attention kept on the top-k
     assert "index_kl" in summary["stages"]["sft"]["last"]
 
 
@@ -107,3 +109,19 @@ def test_post_training_windows_hold_whole_conversations_and_mask_only_replies(tm
         replies = tokenizer.decode([t for t, keep in zip(row, m) if keep], skip_special_tokens=False)
         assert replies.count(EOS) == text.count(BOS)               # one reply per conversation
         assert "<｜User｜>" not in replies and "## Tools" not in replies
+
+
+def test_post_training_windows_call_made_up_tools_when_the_recipe_asks(tmp_path):
+    from deepseek.tokenizer import EOS
+    from deepseek.train import corpus
+    from deepseek.train.synthetic import tools
+
+    tokenizer = corpus.build_tokenizer(tmp_path, 1024, 4096, seed=0, code_bytes=200_000, chat_examples=500)
+    known = {tool.name for split in ("train", "heldout") for tool in tools(split)}
+
+    def called(invented: float) -> set[str]:
+        tokens, _ = corpus.build_sft_windows(tokenizer, "train", 12, 1025, 3, tokenizer.token_to_id(EOS), invented)
+        return set(re.findall(r'invoke name="(\w+)"', tokenizer.decode(tokens.flatten().tolist(), skip_special_tokens=False)))
+
+    made_up, recalled = called(0.5), called(0.0)
+    assert made_up - known and recalled and not recalled - known

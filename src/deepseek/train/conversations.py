@@ -113,10 +113,17 @@ def _capitalised(words: str) -> str:
     return words[0].upper() + words[1:]
 
 
-def _offer(rng: random.Random, split: str) -> tuple[world.Tool, tuple[dict, ...]]:
-    """A target tool and the 1-3 tools of the request; distractors often share its verb or noun."""
+def made_up(rng: random.Random, split: str, invented: float) -> bool:
+    """Whether this training example uses made-up names, with probability `invented` (held-out
+    examples never do; at 0 no random number is drawn, so the other examples stay as they were)."""
+    return split == "train" and invented > 0 and rng.random() < invented
+
+
+def _offer(rng: random.Random, split: str, invented: float) -> tuple[world.Tool, tuple[dict, ...]]:
+    """A target tool and the 1-3 tools of the request; distractors often share its verb or noun.
+    `invented`: the chance that the target is made up (`synthetic.invented_tool`)."""
     pool = world.tools(split)
-    target = rng.choice(pool)
+    target = world.invented_tool(rng) if made_up(rng, split, invented) else rng.choice(pool)
     chosen = [target]
     for _ in range(rng.randint(0, 2)):
         names = {tool.name for tool in chosen}
@@ -132,16 +139,16 @@ def _call(rng: random.Random, name: str, arguments: dict) -> dict:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json_text(arguments)}}
 
 
-def tool_call(rng: random.Random, split: str) -> Chat:
-    target, offered = _offer(rng, split)
+def tool_call(rng: random.Random, split: str, invented: float = 0.0) -> Chat:
+    target, offered = _offer(rng, split, invented)
     args = world.arguments(rng, target)
     user = user_turn(_request(rng, target, args, split))
     reply = {"role": "assistant", "content": None, "tool_calls": [_call(rng, target.name, args)]}
     return Chat(system_turn(rng, 0.3) + (user,), reply, offered, {"name": target.name, "arguments": args})
 
 
-def tool_answer(rng: random.Random, split: str) -> Chat:
-    target, offered = _offer(rng, split)
+def tool_answer(rng: random.Random, split: str, invented: float = 0.0) -> Chat:
+    target, offered = _offer(rng, split, invented)
     args = world.arguments(rng, target)
     call = _call(rng, target.name, args)
     found = world.result(rng, target, args)
@@ -213,16 +220,38 @@ JSON_FRAMES = {
 }
 
 
-def json_object(rng: random.Random, split: str) -> Chat:
-    make, sentences = rng.choice(RECORDS)
-    record = make(rng)
-    shown = {key: ", ".join(value) if isinstance(value, list) else text(value)
-             for key, value in record.items()}
-    fields = list(record)
-    keys = rng.sample(fields, rng.randint(2, len(fields)))
-    if rng.random() < 0.5:
-        keys.sort(key=fields.index)
-    content = rng.choice(sentences).format(**shown)
+def _invented_record(rng: random.Random) -> tuple[dict, str]:
+    """A record under made-up field names ("zetka", "mo_ris") and the sentence that states it, so its
+    keys can only be copied from the request (the real records' keys are few and get recalled)."""
+    samplers = (person, date, world.pick(CITIES), world.pick(world.TOPICS), world.integer(1, 999),
+                money(1, 900), world.email, world.clock)
+    record, size = {}, rng.randint(2, 4)
+    while len(record) < size:
+        word = world.invented_word(rng)
+        record.setdefault(word if rng.random() < 0.7 else word + "_" + world.invented_word(rng),
+                          rng.choice(samplers)(rng))
+    joiner, says = rng.choice((", ", "; ")), rng.choice(("{} is {}", "{}: {}", "{} = {}", "the {} is {}"))
+    return record, joiner.join(says.format(key, text(value)) for key, value in record.items()) + "."
+
+
+def json_object(rng: random.Random, split: str, invented: float = 0.0) -> Chat:
+    """`invented`: the chance that the record's keys are made up (`_invented_record`)."""
+    if made_up(rng, split, invented):
+        record, content = _invented_record(rng)
+        fields = list(record)
+        keys = rng.sample(fields, rng.randint(2, len(fields)))
+        if rng.random() < 0.5:
+            keys.sort(key=fields.index)
+    else:
+        make, sentences = rng.choice(RECORDS)
+        record = make(rng)
+        shown = {key: ", ".join(value) if isinstance(value, list) else text(value)
+                 for key, value in record.items()}
+        fields = list(record)
+        keys = rng.sample(fields, rng.randint(2, len(fields)))
+        if rng.random() < 0.5:
+            keys.sort(key=fields.index)
+        content = rng.choice(sentences).format(**shown)
     user = user_turn(rng.choice(JSON_FRAMES[split]).format(keys=", ".join(keys), content=content))
     system = system_turn(rng, 0.3, ("You reply with JSON only.", "Output valid JSON.",
                                     "You are a helpful assistant."))

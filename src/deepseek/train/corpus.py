@@ -135,14 +135,15 @@ SFT_WEIGHTS = {"tool_call": 0.4, "tool_answer": 0.2, "json": 0.2, "qa": 0.1, "th
 
 
 def build_sft_windows(tokenizer, split: str, count: int, length: int, seed: int,
-                      eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      eos_id: int, invented: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Post-training windows: whole conversations only, each window's tail padded with EOS.
+    `invented`: the share of tool and JSON conversations with made-up names (`data.examples`).
 
     Returns (tokens [count, length] int32, answer mask [count, length] uint8): the mask is 1 on the
     tokens of the assistant's replies, the only ones the supervised loss counts."""
     rows, masks, row, mask, batch = [], [], [], [], 0
     while len(rows) < count:
-        examples = data.mixture(2000, split, seed * 1000 + batch, SFT_WEIGHTS)
+        examples = data.mixture(2000, split, seed * 1000 + batch, SFT_WEIGHTS, invented)
         prompts = _encode(tokenizer, [e.prompt for e in examples])
         replies = _encode(tokenizer, [e.completion for e in examples])
         for prompt, reply in zip(prompts, replies):

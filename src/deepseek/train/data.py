@@ -16,7 +16,7 @@ import os
 import random
 import textwrap
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Callable
 
 from deepseek.chat.dsml import render_tool_calls
@@ -29,6 +29,8 @@ from .conversations import Chat
 KINDS = ("tool_call", "tool_answer", "json", "qa", "thinking")
 SPLITS = ("train", "heldout")
 DEFAULT_WEIGHTS = {"tool_call": 0.3, "tool_answer": 0.15, "json": 0.15, "qa": 0.25, "thinking": 0.15}
+# the kinds whose generators can make up names (their `invented` argument)
+INVENTIVE = ("tool_call", "tool_answer", "json")
 GENERATORS: dict[str, Callable[[random.Random, str], Chat]] = {
     "tool_call": conversations.tool_call, "tool_answer": conversations.tool_answer,
     "json": conversations.json_object, "qa": questions.qa, "thinking": questions.thinking}
@@ -45,15 +47,19 @@ class Example:
     expected: dict  # tool_call: {"name", "arguments"}; json: {"keys": [...]}; else {}
 
 
-def examples(kind: str, n: int, split: str, seed: int) -> list[Example]:
-    """`n` examples of one kind; the same arguments always give the same list (and n is a prefix)."""
+def examples(kind: str, n: int, split: str, seed: int, invented: float = 0.0) -> list[Example]:
+    """`n` examples of one kind; the same arguments always give the same list (and n is a prefix).
+    `invented`: the share of training tool calls, tool answers and JSON requests whose tool names or
+    JSON keys are made up, so that they can only be copied from the request (never held-out ones)."""
     if kind not in KINDS or split not in SPLITS:
         raise ValueError(f"unknown kind {kind!r} or split {split!r}")
     rng = random.Random(f"{kind}/{split}/{seed}")
-    return [_render(kind, GENERATORS[kind](rng, split)) for _ in range(n)]
+    make = partial(GENERATORS[kind], invented=invented) if kind in INVENTIVE else GENERATORS[kind]
+    return [_render(kind, make(rng, split)) for _ in range(n)]
 
 
-def mixture(n: int, split: str, seed: int, weights: dict[str, float] | None = None) -> list[Example]:
+def mixture(n: int, split: str, seed: int, weights: dict[str, float] | None = None,
+            invented: float = 0.0) -> list[Example]:
     """`n` examples of all kinds in proportion to `weights`, interleaved in a seeded order."""
     weights = DEFAULT_WEIGHTS if weights is None else weights
     if set(weights) - set(KINDS) or any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
@@ -64,7 +70,7 @@ def mixture(n: int, split: str, seed: int, weights: dict[str, float] | None = No
     # Largest remainders get the examples that rounding down left over.
     for kind in sorted(KINDS, key=lambda k: counts[k] - shares[k])[:n - sum(counts.values())]:
         counts[kind] += 1
-    pools = {kind: iter(examples(kind, count, split, seed)) for kind, count in counts.items()}
+    pools = {kind: iter(examples(kind, count, split, seed, invented)) for kind, count in counts.items()}
     order = [kind for kind in KINDS for _ in range(counts[kind])]
     random.Random(f"mixture/{split}/{seed}").shuffle(order)
     return [next(pools[kind]) for kind in order]

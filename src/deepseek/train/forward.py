@@ -45,10 +45,15 @@ class Mode:
     # circuit (`copy_head_loss`), with this weight. Dense attention only.
     copy_heads: tuple[int, int] | None = None
     copy_head_weight: float = 0.1
+    # Sparse stages: weight of `Aux.concentration`, which teaches the main model to keep its dense
+    # attention on the keys the indexer selects (what sparse attention drops is then nearly nothing).
+    concentrate: float = 0.0
 
     def __post_init__(self):
         if self.copy_heads is not None and (self.sparse or len(set(self.copy_heads)) != 2):
             raise ValueError(f"copy_heads needs dense attention and two different layers, got {self}")
+        if self.concentrate and not self.sparse:
+            raise ValueError(f"concentrate needs sparse attention, got {self}")
 
 
 @dataclass
@@ -58,6 +63,9 @@ class Aux:
     index_kl: list[torch.Tensor] = field(default_factory=list)     # one scalar per layer
     coverage: list[torch.Tensor] = field(default_factory=list)     # per layer: mean mass, queries past k
     expert_load: list[torch.Tensor] = field(default_factory=list)  # per MoE layer: tokens per expert
+    # per layer: -log of each head's dense attention mass on the selected keys, mean over heads and
+    # the queries that see more than k keys (`Mode.concentrate`)
+    concentration: list[torch.Tensor] = field(default_factory=list)
     # "previous" / "induction": log-probabilities [B, S, T] of the copy heads (`Mode.copy_heads`)
     copy_heads: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -128,6 +136,10 @@ def mla_forward(attn: MLA, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
         target = p.detach().sum(1)
         target = target / target.sum(-1, keepdim=True)
         aux.index_kl.append(_kl(target, index, selected if mode.index_loss == "sparse" else keep))
+    if index is not None and mode.concentrate and s_len > k:
+        dense = scores.masked_fill(~causal, float("-inf")).log_softmax(-1)
+        on_selected = dense.masked_fill(~selected[:, None], float("-inf")).logsumexp(-1)   # [B, H, S]
+        aux.concentration.append(-on_selected[..., k:].mean())
     if index is not None and mode.coverage:
         k = min(mode.index_topk or attn.index_topk, s_len)
         dense = p if not mode.sparse else scores.masked_fill(~causal, float("-inf")).softmax(-1)

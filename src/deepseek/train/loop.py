@@ -99,6 +99,10 @@ def stage_loss(model: Transformer, stage: Stage, batch) -> tuple[torch.Tensor, d
     kl = torch.stack(aux.index_kl).mean() if aux.index_kl else None
     loss = kl if stage.trains == "indexer" else lm + (kl if kl is not None else 0)
     logs = {"lm": lm.item(), **({"index_kl": kl.item()} if kl is not None else {})}
+    if aux.concentration:
+        outside = torch.stack(aux.concentration).mean()
+        loss = loss + stage.mode.concentrate * outside
+        logs["topk_mass"] = math.exp(-outside.item())
     if aux.copy_heads:
         copy = fw.copy_head_loss(aux, inputs)
         loss = loss + stage.mode.copy_head_weight * copy

@@ -349,6 +349,38 @@ class Tool:
             "parameters": {"type": "object", "properties": properties, "required": list(self.required)}}}
 
 
+# Made-up nouns for training tools whose names cannot be recalled, only copied from the request.
+SYLLABLES = ("ba", "dor", "fen", "gli", "ka", "lum", "mo", "nix", "pra", "quo", "ris", "sel", "tav",
+             "ul", "vo", "wim", "yar", "zet", "bro", "cal")
+# Parameters an invented tool may take besides its id: any whose phrasing reads after any noun.
+_INVENTED_FIELDS = ("city", "date", "time", "quantity", "limit", "amount", "currency", "priority",
+                    "email", "title", "message", "format", "urgent", "name", "timezone", "days")
+
+
+def invented_word(rng: random.Random) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3)))
+
+
+def invented_tool(rng: random.Random) -> Tool:
+    """A tool over a made-up noun ("zetka": `cancel_zetka`), with an id of a made-up prefix when its
+    verb acts on one item. Training on these, a model cannot recall a tool's name or an id's prefix
+    from earlier examples: it learns to copy them from the request and the tools block."""
+    word = invented_word(rng)
+    verb = rng.choice(sorted(VERBS))
+    keys = sorted(rng.sample(_INVENTED_FIELDS, rng.randint(1, 3)), key=_INVENTED_FIELDS.index)
+    params = [PARAMS[key] for key in keys]
+    ident = None
+    if VERBS[verb].does == "ident":
+        prefix = "".join(rng.choices(string.ascii_uppercase, k=rng.randint(2, 4))) + "-"
+        ident = f"{word}_id"
+        params.insert(0, Param(ident, "string", f"{word.capitalize()} id", code(prefix, rng.randint(3, 6)),
+                               ("{}", "with id {}", "number {}")))
+    noun = Noun(word, word, word + "s", (verb,), tuple(p.key for p in params), ident,
+                tuple(rng.sample(sorted(FACTS), 2)))
+    required = [params[0].key] + [p.key for p in params[1:] if rng.random() < 0.5]
+    return Tool(verb, noun, tuple(params), tuple(required))
+
+
 def split_of(name: str) -> str:
     """Whether tool `name` is held out: about one name in five, by a hash stable across runs."""
     return "heldout" if name in _heldout_names() else "train"
