@@ -60,7 +60,8 @@ def test_coverage_is_a_share_and_full_when_k_covers_everything(model, tokens):
     assert all(abs(float(c) - 1) < 1e-5 for c in aux.coverage)
 
 
-def test_concentration_is_minus_log_coverage_and_trains_only_the_main_attention(model, tokens):
+def test_concentration_is_minus_log_coverage_and_trains_only_the_main_attention(model, tokens, monkeypatch):
+    monkeypatch.setattr(fw, "CONCENTRATION_STRIDE", 1)     # every query, as coverage reads them
     aux, seen = fw.Aux(), fw.Aux()
     fw.logits(model, tokens, fw.Mode(sparse=True, index_loss="sparse", concentrate=0.5, index_topk=16), aux)
     with torch.no_grad():

@@ -56,6 +56,11 @@ class Mode:
             raise ValueError(f"concentrate needs sparse attention, got {self}")
 
 
+# `Aux.concentration` reads every 4th query past k: an unbiased estimate at a quarter of the cost
+# (every query: 2.2 s more per post-training step on 2 cores).
+CONCENTRATION_STRIDE = 4
+
+
 @dataclass
 class Aux:
     """What a training forward reports besides the hidden states."""
@@ -64,7 +69,7 @@ class Aux:
     coverage: list[torch.Tensor] = field(default_factory=list)     # per layer: mean mass, queries past k
     expert_load: list[torch.Tensor] = field(default_factory=list)  # per MoE layer: tokens per expert
     # per layer: -log of each head's dense attention mass on the selected keys, mean over heads and
-    # the queries that see more than k keys (`Mode.concentrate`)
+    # (every CONCENTRATION_STRIDE-th of) the queries that see more than k keys (`Mode.concentrate`)
     concentration: list[torch.Tensor] = field(default_factory=list)
     # "previous" / "induction": log-probabilities [B, S, T] of the copy heads (`Mode.copy_heads`)
     copy_heads: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -137,9 +142,11 @@ def mla_forward(attn: MLA, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
         target = target / target.sum(-1, keepdim=True)
         aux.index_kl.append(_kl(target, index, selected if mode.index_loss == "sparse" else keep))
     if index is not None and mode.concentrate and s_len > k:
-        dense = scores.masked_fill(~causal, float("-inf")).log_softmax(-1)
-        on_selected = dense.masked_fill(~selected[:, None], float("-inf")).logsumexp(-1)   # [B, H, S]
-        aux.concentration.append(-on_selected[..., k:].mean())
+        rows = slice(k, None, CONCENTRATION_STRIDE)    # queries that see more than k keys, sampled
+        late = scores[:, :, rows]                                                  # [B, H, S', T]
+        visible = late.masked_fill(~causal[rows], float("-inf")).logsumexp(-1)
+        on_selected = late.masked_fill(~selected[:, None, rows], float("-inf")).logsumexp(-1) - visible
+        aux.concentration.append(-on_selected.mean())                              # log mass, [B, H, S']
     if index is not None and mode.coverage:
         k = min(mode.index_topk or attn.index_topk, s_len)
         dense = p if not mode.sparse else scores.masked_fill(~causal, float("-inf")).softmax(-1)
