@@ -95,11 +95,19 @@ def test_eval_reports_every_figure(trained, tmp_path):
     assert set(figures["generation"]) == {"tool_call", "json", "code"}
 
 
-def test_post_training_windows_hold_whole_conversations_and_mask_only_replies(tmp_path):
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory):
+    from deepseek.train import corpus
+
+    return corpus.build_tokenizer(tmp_path_factory.mktemp("bpe"), 1024, 4096, seed=0, code_bytes=200_000,
+                                  chat_examples=500)
+
+
+def test_post_training_windows_hold_whole_conversations_and_mask_only_replies(small_tokenizer):
     from deepseek.tokenizer import BOS, EOS
     from deepseek.train import corpus
 
-    tokenizer = corpus.build_tokenizer(tmp_path, 1024, 4096, seed=0, code_bytes=200_000, chat_examples=500)
+    tokenizer = small_tokenizer
     eos = tokenizer.token_to_id(EOS)
     tokens, mask = corpus.build_sft_windows(tokenizer, "train", 6, 1025, seed=3, eos_id=eos)
     assert tokens.shape == mask.shape == (6, 1025)
@@ -111,12 +119,12 @@ def test_post_training_windows_hold_whole_conversations_and_mask_only_replies(tm
         assert "<｜User｜>" not in replies and "## Tools" not in replies
 
 
-def test_post_training_windows_call_made_up_tools_when_the_recipe_asks(tmp_path):
+def test_post_training_windows_call_made_up_tools_when_the_recipe_asks(small_tokenizer):
     from deepseek.tokenizer import EOS
     from deepseek.train import corpus
     from deepseek.train.synthetic import tools
 
-    tokenizer = corpus.build_tokenizer(tmp_path, 1024, 4096, seed=0, code_bytes=200_000, chat_examples=500)
+    tokenizer = small_tokenizer
     known = {tool.name for split in ("train", "heldout") for tool in tools(split)}
 
     def called(invented: float) -> set[str]:

@@ -234,23 +234,26 @@ def _invented_record(rng: random.Random) -> tuple[dict, str]:
     return record, joiner.join(says.format(key, text(value)) for key, value in record.items()) + "."
 
 
+def _asked_keys(rng: random.Random, record: dict) -> list[str]:
+    """Two or more of the record's keys, half the time in the record's order."""
+    fields = list(record)
+    keys = rng.sample(fields, rng.randint(2, len(fields)))
+    if rng.random() < 0.5:
+        keys.sort(key=fields.index)
+    return keys
+
+
 def json_object(rng: random.Random, split: str, invented: float = 0.0) -> Chat:
     """`invented`: the chance that the record's keys are made up (`_invented_record`)."""
     if made_up(rng, split, invented):
         record, content = _invented_record(rng)
-        fields = list(record)
-        keys = rng.sample(fields, rng.randint(2, len(fields)))
-        if rng.random() < 0.5:
-            keys.sort(key=fields.index)
+        keys = _asked_keys(rng, record)
     else:
         make, sentences = rng.choice(RECORDS)
         record = make(rng)
+        keys = _asked_keys(rng, record)
         shown = {key: ", ".join(value) if isinstance(value, list) else text(value)
                  for key, value in record.items()}
-        fields = list(record)
-        keys = rng.sample(fields, rng.randint(2, len(fields)))
-        if rng.random() < 0.5:
-            keys.sort(key=fields.index)
         content = rng.choice(sentences).format(**shown)
     user = user_turn(rng.choice(JSON_FRAMES[split]).format(keys=", ".join(keys), content=content))
     system = system_turn(rng, 0.3, ("You reply with JSON only.", "Output valid JSON.",
