@@ -152,3 +152,53 @@ def test_copy_heads_need_dense_attention_and_two_layers():
         fw.Mode(sparse=True, copy_heads=(0, 1))
     with pytest.raises(ValueError):
         fw.Mode(copy_heads=(1, 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1)), min_size=2, max_size=24), st.integers(1, 3))
+def test_pointer_targets_are_rare_prompt_tokens_of_the_same_conversation_that_a_reply_token_repeats(row, most):
+    ids = torch.tensor([[t for t, _ in row]])          # token 0 starts a conversation
+    answer = torch.tensor([[a for _, a in row]])
+    targets = fw.pointer_targets(ids, answer, bos_id=0, most=most)
+    conversation = [sum(t == 0 for t, _ in row[:i + 1]) for i in range(len(row))]
+    for s in range(len(row) - 1):
+        following, is_reply = row[s + 1]
+        found = {u for u in range(s + 1) if row[u] == (following, 0) and conversation[u] == conversation[s]}
+        expected = found if is_reply and len(found) <= most else set()
+        assert set(targets[0, s].nonzero().flatten().tolist()) == expected
+
+
+def test_pointer_head_is_recorded_over_the_keys_it_attends_and_its_loss_trains_its_layer(model, tokens):
+    aux = fw.Aux()
+    mode = fw.Mode(sparse=True, pointer=(2, 1))
+    with torch.no_grad():
+        plain = fw.logits(model, tokens, fw.Mode(sparse=True))
+    probed = fw.logits(model, tokens, mode, aux)
+    torch.testing.assert_close(probed, plain, atol=1e-3, rtol=0)
+    logp = aux.copy_heads["pointer"]
+    assert logp.shape == (2, 80, 80)
+    assert (torch.isfinite(logp).sum(-1) <= model.config.index_topk).all()    # only what the indexer selected
+
+    # Every query past the first points at key 0, which the indexer may or may not have selected.
+    targets = torch.zeros(2, 80, 80, dtype=torch.bool)
+    targets[:, 1:, 0] = True
+    loss, reach = fw.pointer_loss(aux, targets)
+    assert loss.item() > 0 and 0 < reach <= 1
+    layers = model.model.layers
+    g2, g3 = torch.autograd.grad(loss, [layers[2].self_attn.q_b_proj.weight, layers[3].self_attn.q_b_proj.weight],
+                                 allow_unused=True)
+    assert g2.abs().sum() > 0
+    assert g3 is None
+    assert fw.pointer_loss(aux, torch.zeros_like(targets)) == (None, 0.0)
+
+
+def test_a_perfect_pointer_costs_nothing_and_unreachable_targets_are_left_out():
+    logp = torch.full((1, 3, 3), float("-inf"))
+    logp[0, 0, 0] = 0.0
+    logp[0, 1, 0] = 0.0                    # query 1 puts everything on key 0
+    logp[0, 2, :2] = torch.tensor(0.5).log()
+    targets = torch.zeros(1, 3, 3, dtype=torch.bool)
+    targets[0, 1, 0] = True
+    targets[0, 2, 2] = True                # key 2 is not attended: left out of the loss
+    loss, reach = fw.pointer_loss(fw.Aux(copy_heads={"pointer": logp}), targets)
+    assert loss.item() == 0.0 and reach == 0.5
