@@ -133,28 +133,3 @@ def test_post_training_windows_call_made_up_tools_when_the_recipe_asks(small_tok
 
     made_up, recalled = called(0.5), called(0.0)
     assert made_up - known and recalled and not recalled - known
-
-
-def test_pointer_targets_find_the_values_a_tool_call_copies_from_its_request(small_tokenizer):
-    from deepseek.tokenizer import BOS, EOS
-    from deepseek.train import corpus
-    from deepseek.train import forward as fw
-
-    tokenizer = small_tokenizer
-    canonical = corpus.canonical_ids(tokenizer, 1024)
-    vocab = tokenizer.get_vocab()
-    spaced = [t for t in vocab if t.startswith("Ġ") and t[1:] in vocab]
-    assert spaced and all(canonical[vocab[t]] == vocab[t[1:]] for t in spaced)
-    assert canonical[tokenizer.token_to_id(BOS)] == tokenizer.token_to_id(BOS)
-
-    tokens, mask = corpus.build_sft_windows(tokenizer, "train", 12, 1025, 3, tokenizer.token_to_id(EOS), 0.5)
-    ids = canonical[tokens.long()]
-    targets = fw.pointer_targets(ids, mask, tokenizer.token_to_id(BOS))
-    b, s, u = targets.nonzero(as_tuple=True)
-    assert len(b) and (ids[b, s + 1] == ids[b, u]).all() and (mask[b, u] == 0).all() and (mask[b, s + 1] == 1).all()
-    # The first token of each argument value in the replies' DSML calls (`string="...">VALUE`).
-    values = [(i, j) for i in range(len(tokens)) for j in range(1024) if mask[i, j + 1]
-              and tokenizer.id_to_token(int(tokens[i, j])).endswith('">')
-              and not tokenizer.decode([int(tokens[i, j + 1])], skip_special_tokens=False).startswith(("\n", "<"))]
-    found = sum(bool(targets[i, j].any()) for i, j in values)
-    assert len(values) >= 10 and found >= 0.7 * len(values)

@@ -59,18 +59,6 @@ def build_tokenizer(folder: Path, vocab_size: int, max_length: int, seed: int, c
     return load_tokenizer(folder)
 
 
-def canonical_ids(tokenizer, vocab_size: int) -> torch.Tensor:
-    """[vocab_size] long: each token id mapped to the id of the same token without its leading space
-    (byte-level BPE writes it "Ġ"), where the vocabulary has one; else to itself. A value copied from
-    a sentence ("the order ĠORD-1") into a DSML parameter (">ORD-1") changes token; these ids do not."""
-    vocab = tokenizer.get_vocab()
-    ids = torch.arange(vocab_size)
-    for token, i in vocab.items():
-        if token.startswith("Ġ") and token[1:] in vocab and i < vocab_size:
-            ids[i] = vocab[token[1:]]
-    return ids
-
-
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
 

@@ -48,11 +48,6 @@ class Mode:
     # Sparse stages: weight of `Aux.concentration`, which teaches the main model to keep its dense
     # attention on the keys the indexer selects (what sparse attention drops is then nearly nothing).
     concentrate: float = 0.0
-    # (layer, head) taught to point, from each reply token it must copy, at that token in the prompt
-    # (`pointer_loss`, on the batch's `pointer_targets`), with this weight. Over the keys the head
-    # attends to: in a sparse stage, those the indexer selected.
-    pointer: tuple[int, int] | None = None
-    pointer_weight: float = 1.0
 
     def __post_init__(self):
         if self.copy_heads is not None and (self.sparse or len(set(self.copy_heads)) != 2):
@@ -76,8 +71,7 @@ class Aux:
     # per layer: -log of each head's dense attention mass on the selected keys, mean over heads and
     # (every CONCENTRATION_STRIDE-th of) the queries that see more than k keys (`Mode.concentrate`)
     concentration: list[torch.Tensor] = field(default_factory=list)
-    # "previous" / "induction" / "pointer": log-probabilities [B, S, T] of the heads that are taught
-    # where to look (`Mode.copy_heads`, `Mode.pointer`)
+    # "previous" / "induction": log-probabilities [B, S, T] of the copy heads (`Mode.copy_heads`)
     copy_heads: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -110,9 +104,9 @@ def _kl(target: torch.Tensor, logits: torch.Tensor, keep: torch.Tensor) -> torch
 
 
 def mla_forward(attn: MLA, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: Mode,
-                aux: Aux, record: tuple[tuple[str, int], ...] = ()) -> torch.Tensor:
+                aux: Aux, copy_head: str | None = None) -> torch.Tensor:
     """x: [S, B, D] attn_norm output -> [S, B, D]. Expanded form over the whole causal window.
-    `record`: (name, head) pairs whose log-probabilities go to `aux.copy_heads` under that name."""
+    `copy_head`: record the first head's log-probabilities in `aux.copy_heads` under that name."""
     s_len, b = x.shape[:2]
     qr = attn.q_a_layernorm(attn.q_a_proj(x))
     q = attn.q_b_proj(qr).view(s_len, b, attn.n_heads, attn.nope_dim + attn.rope_dim)
@@ -124,7 +118,7 @@ def mla_forward(attn: MLA, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     kv = attn.kv_b_proj(latent).view(s_len, b, attn.n_heads, attn.nope_dim + attn.v_dim)
     k_nope, v = kv.split([attn.nope_dim, attn.v_dim], dim=-1)
 
-    if not record and (attn.indexer is None or not (mode.sparse or mode.index_loss or mode.coverage)):
+    if copy_head is None and (attn.indexer is None or not (mode.sparse or mode.index_loss or mode.coverage)):
         return attn.o_proj(_dense_sdpa(attn, q_nope, q_pe, k_nope, k_pe, v))
     scores = (torch.einsum("sbhd,tbhd->bhst", q_nope, k_nope)
               + torch.einsum("sbhd,tbd->bhst", q_pe, k_pe)).float() * attn.softmax_scale
@@ -141,8 +135,8 @@ def mla_forward(attn: MLA, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
         if mode.sparse:
             keep = selected
     p = scores.masked_fill(~keep[:, None], float("-inf")).softmax(-1)         # [B, H, S, T]
-    for name, head in record:
-        aux.copy_heads[name] = scores[:, head].masked_fill(~keep, float("-inf")).log_softmax(-1)
+    if copy_head is not None:
+        aux.copy_heads[copy_head] = scores[:, 0].masked_fill(~keep, float("-inf")).log_softmax(-1)
     if index is not None and mode.index_loss:
         target = p.detach().sum(1)
         target = target / target.sum(-1, keepdim=True)
@@ -172,9 +166,9 @@ def _dense_sdpa(attn: MLA, q_nope, q_pe, k_nope, k_pe, v) -> torch.Tensor:
 
 
 def layer_forward(layer: DecoderLayer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  mode: Mode, aux: Aux, record: tuple[tuple[str, int], ...] = ()) -> torch.Tensor:
+                  mode: Mode, aux: Aux, copy_head: str | None = None) -> torch.Tensor:
     """h: [S, B, D] residual stream -> [S, B, D]."""
-    h = h + mla_forward(layer.self_attn, layer.input_layernorm(h), cos, sin, mode, aux, record)
+    h = h + mla_forward(layer.self_attn, layer.input_layernorm(h), cos, sin, mode, aux, copy_head)
     x = layer.post_attention_layernorm(h)
     if isinstance(layer.mlp, MoE):
         _, ids = layer.mlp.gate(x.detach().flatten(0, 1))
@@ -191,13 +185,9 @@ def hidden_states(model: Transformer, tokens: torch.Tensor, mode: Mode, aux: Aux
     """tokens [B, S] -> final-normed hidden states [S, B, D] of the main model."""
     cos, sin = rope(model, tokens.shape[1], tokens.device)
     h = model.model.embed_tokens(tokens.t())
-    record: dict[int, tuple] = {}
-    for layer, name in zip(mode.copy_heads or (), ("previous", "induction")):
-        record[layer] = record.get(layer, ()) + ((name, 0),)
-    if mode.pointer:
-        record[mode.pointer[0]] = record.get(mode.pointer[0], ()) + (("pointer", mode.pointer[1]),)
+    copy_heads = dict(zip(mode.copy_heads, ("previous", "induction"))) if mode.copy_heads else {}
     for i, layer in enumerate(model.model.layers[:model.config.num_hidden_layers]):
-        h = layer_forward(layer, h, cos, sin, mode, aux, record.get(i, ()))
+        h = layer_forward(layer, h, cos, sin, mode, aux, copy_heads.get(i))
     return model.model.norm(h)
 
 
@@ -250,38 +240,6 @@ def copy_head_loss(aux: Aux, tokens: torch.Tensor) -> torch.Tensor:
     if queries.any():
         loss = loss - induction.masked_fill(~targets, float("-inf")).logsumexp(-1)[queries].mean()
     return loss
-
-
-def pointer_targets(ids: torch.Tensor, answer: torch.Tensor, bos_id: int, most: int = 4) -> torch.Tensor:
-    """Where a reply copies from its prompt. ids [B, S+1]: a batch's tokens, as `canonical` ids (a
-    word's token with and without its leading space are one); answer [B, S+1]: the reply mask.
-
-    -> [B, S, T] bool over the inputs (the first S tokens): key u is a target of query s when token
-    s+1 is a reply token, u is in the prompt of the same conversation (conversations start at
-    `bos_id`), holds that token, and that prompt holds it at most `most` times (a rare token is a
-    name or a value worth copying; a frequent one is the template's)."""
-    inputs, following = ids[:, :-1], ids[:, 1:]
-    s_len = inputs.shape[1]
-    conversation = (inputs == bos_id).cumsum(1)
-    earlier = torch.ones(s_len, s_len, dtype=torch.bool, device=ids.device).tril()
-    same = ((following[:, :, None] == inputs[:, None, :]) & earlier
-            & (conversation[:, :, None] == conversation[:, None, :])
-            & (answer[:, 1:, None] != 0) & (answer[:, None, :-1] == 0))
-    return same & (same.sum(-1, keepdim=True) <= most)
-
-
-def pointer_loss(aux: Aux, targets: torch.Tensor) -> tuple[torch.Tensor | None, float]:
-    """-log of the probability the pointer head puts on `pointer_targets`, mean over the queries that
-    have a target it can attend to; and the share of queries with targets that have one (in a
-    sparse stage, the others' targets were not selected). (None, 0.0) when no query has a target."""
-    logp = aux.copy_heads["pointer"]
-    queries = targets.any(-1)
-    reachable = (targets & logp.isfinite()).any(-1)                                          # [B, S]
-    if not reachable.any():
-        return None, 0.0
-    # Rows picked before the logsumexp: a row of -inf would send NaN back through its targets.
-    on_targets = logp[reachable].masked_fill(~targets[reachable], float("-inf")).logsumexp(-1)
-    return -on_targets.mean(), reachable.sum().item() / queries.sum().item()
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -83,10 +83,9 @@ def balance_experts(model: Transformer, loads: list[torch.Tensor], rate: float =
 
 
 def stage_loss(model: Transformer, stage: Stage, batch) -> tuple[torch.Tensor, dict, list[torch.Tensor]]:
-    """The stage's loss on a batch of windows [B, S+1] (or windows and their answer mask, and for a
-    pointer stage their `canonical` ids), the figures to log, and the tokens each expert of each MoE
-    layer received."""
-    batch, mask, ids = (batch + (None,) * (3 - len(batch))) if isinstance(batch, tuple) else (batch, None, None)
+    """The stage's loss on a batch of windows [B, S+1] (or windows and their answer mask), the
+    figures to log, and the tokens each expert of each MoE layer received."""
+    batch, mask = batch if isinstance(batch, tuple) else (batch, None)
     inputs, targets = batch[:, :-1], batch[:, 1:]
     weights = mask[:, 1:] if mask is not None else None
     aux = fw.Aux()
@@ -104,15 +103,10 @@ def stage_loss(model: Transformer, stage: Stage, batch) -> tuple[torch.Tensor, d
         outside = torch.stack(aux.concentration).mean()
         loss = loss + stage.mode.concentrate * outside
         logs["topk_mass"] = math.exp(-outside.item())
-    if stage.mode.copy_heads:
+    if aux.copy_heads:
         copy = fw.copy_head_loss(aux, inputs)
         loss = loss + stage.mode.copy_head_weight * copy
         logs["copy_heads"] = copy.item()
-    if stage.mode.pointer and ids is not None:
-        pointer, reachable = fw.pointer_loss(aux, fw.pointer_targets(ids, mask, model.config.bos_token_id))
-        if pointer is not None:
-            loss = loss + stage.mode.pointer_weight * pointer
-            logs.update(pointer=pointer.item(), pointer_reach=reachable)
     return loss, logs, aux.expert_load
 
 
@@ -221,7 +215,7 @@ def plot_losses(log: list[dict], path: Path, title: str) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, color in (("lm", "tab:blue"), ("index_kl", "tab:orange"), ("pointer", "tab:green")):
+    for key, color in (("lm", "tab:blue"), ("index_kl", "tab:orange")):
         points = [(r["step"], r[key]) for r in log if key in r]
         if points:
             steps, values = zip(*points)

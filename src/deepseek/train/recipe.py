@@ -88,13 +88,12 @@ class Recipe:
         return sum(s.steps for s in self.stages if not s.sft) * self.batch * (self.context + 1)
 
 
-def _stages(dense: int, warmup: int, sparse: int, sft: int, mtp: int, lr: float,
-            pointer: tuple[int, int] | None = None) -> tuple[Stage, ...]:
+def _stages(dense: int, warmup: int, sparse: int, sft: int, mtp: int, lr: float) -> tuple[Stage, ...]:
     return (Stage("dense", dense, lr, "main", Mode(copy_heads=(0, 1)), warmup=max(1, min(100, dense // 10))),
             Stage("indexer_warmup", warmup, 1e-3, "indexer", Mode(index_loss="dense"), warmup=10),
             Stage("sparse", sparse, lr / 5, "all", Mode(sparse=True, index_loss="sparse", concentrate=1.0), warmup=10),
-            Stage("sft", sft, lr / 2, "all", Mode(sparse=True, index_loss="sparse", concentrate=1.0, pointer=pointer),
-                  warmup=10, sft=True),
+            Stage("sft", sft, lr / 2, "all", Mode(sparse=True, index_loss="sparse", concentrate=1.0), warmup=10,
+                  sft=True),
             Stage("mtp", mtp, 1e-3, "mtp", Mode(index_loss="dense"), warmup=10))
 
 
@@ -176,7 +175,6 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
     windows = corpus.cached_tensors(work / "train_windows.safetensors", lambda: {"tokens": corpus.build_windows(
         tokenizer, "train", mixture, recipe.context + 1)})["tokens"].long()
     sft = sft_windows(recipe, tokenizer, work)
-    canonical = corpus.canonical_ids(tokenizer, recipe.config()["vocab_size"])
     model = build_model(recipe).to(device)
     summary, offset = {"recipe": recipe.name, "stages": {}}, 0
     for stage in recipe.stages:
@@ -197,7 +195,7 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
             j = step * chats % (len(sft[0]) - recipe.batch + 1)
             tokens = torch.cat((sft[0][j:j + chats].long(), windows[i:i + text]))
             mask = torch.cat((sft[1][j:j + chats], torch.ones_like(windows[i:i + text], dtype=torch.uint8)))
-            return (tokens, mask, canonical[tokens]) if stage.mode.pointer else (tokens, mask)
+            return tokens, mask
 
         if is_finished(work, stage):
             _, log = load_state(work / f"{stage.name}.state", model)
