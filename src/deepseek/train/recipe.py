@@ -103,11 +103,9 @@ _TRAINING = dict(init="scaled", tie_embeddings=True, copy_share=0.5, sft_chat_sh
                  sft_invented=0.5)
 
 RECIPES = {
-    # Sized by measurement on 2 CPU cores, seconds per step at 1024 tokens (session 13's run): dense 3.05
-    # (4 text rows and 2 copy rows, with the copy heads), indexer warm-up 2.25, sparse 5.2, post-training
-    # 3.0, MTP 1.6: 109 minutes. Concentration (every 4th query) made a post-training step 3.6 s
-    # (measured) and adds an estimated 0.5 s to a sparse one; dense runs 1200 steps (was 1250), for
-    # about 112 minutes. The copy rows: after 400 dense steps, with them and the copy heads the loss
+    # Sized by measurement on 2 CPU cores, median seconds per step at 1024 tokens (session 14's run,
+    # the shipped weights): dense 3.12 (4 text rows and 2 copy rows, with the copy heads), indexer
+    # warm-up 2.37, sparse 5.48 (with concentration), post-training 3.13, MTP 1.61: 110 minutes. The copy rows: after 400 dense steps, with them and the copy heads the loss
     # on a held-out stretch of code repeated at once was 19% below its first time; with the heads
     # alone 6.5%, with neither 6.0%.
     "nano": Recipe("nano", "nano", context=1024, batch=4, stages=_stages(1200, 120, 200, 400, 120, 3e-3),
