@@ -105,9 +105,10 @@ _TRAINING = dict(init="scaled", tie_embeddings=True, copy_share=0.5, sft_chat_sh
 RECIPES = {
     # Sized by measurement on 2 CPU cores, median seconds per step at 1024 tokens (session 14's run,
     # the shipped weights): dense 3.12 (4 text rows and 2 copy rows, with the copy heads), indexer
-    # warm-up 2.37, sparse 5.48 (with concentration), post-training 3.13, MTP 1.61: 110 minutes. The copy rows: after 400 dense steps, with them and the copy heads the loss
-    # on a held-out stretch of code repeated at once was 19% below its first time; with the heads
-    # alone 6.5%, with neither 6.0%.
+    # warm-up 2.37, sparse 5.48 (with concentration), post-training 3.13, MTP 1.61: 110 minutes.
+    # The copy rows: after 400 dense steps, with them and the copy heads the loss on a held-out
+    # stretch of code repeated at once was 19% below its first time; with the heads alone 6.5%,
+    # with neither 6.0%.
     "nano": Recipe("nano", "nano", context=1024, batch=4, stages=_stages(1200, 120, 200, 400, 120, 3e-3),
                    copy_rows=2, **_TRAINING),
     # The same pipeline in seconds, for tests: a smaller model, short windows, a few steps per stage.
