@@ -196,12 +196,13 @@ def test_chat_prompts_encode_specials_to_their_ids_with_one_bos(llm):
 
 def test_tool_call_accuracy_counts_agree(llm):
     examples = [tool_example(), tool_example("Lyon", 2), tool_example(thinking=True)]
-    report = tool_call_accuracy(llm, examples, max_tokens=12)
-    assert report["n"] == 3 and sum(report["outcomes"].values()) == 3
-    assert 0 <= report["exact"] <= report["right_function"] <= report["n"]
-    assert report["exact"] + report["no_call"] + report["malformed"] <= report["n"]
-    assert report["rate"] == report["exact"] / 3
-    assert len(report["samples"]) == 3 - report["exact"]
+    for constrained in (True, False):
+        report = tool_call_accuracy(llm, examples, max_tokens=12, constrained=constrained)
+        assert report["n"] == 3 and sum(report["outcomes"].values()) == 3 and report["constrained"] is constrained
+        assert 0 <= report["exact"] <= report["right_function"] <= report["n"]
+        assert report["exact"] + report["no_call"] + report["malformed"] <= report["n"]
+        assert report["rate"] == report["exact"] / 3
+        assert len(report["samples"]) == 3 - report["exact"]
 
 
 def test_json_accuracy_counts_agree_constrained_or_not(llm):
@@ -216,7 +217,7 @@ def test_constrained_answers_are_json_from_the_first_token(llm):
     config = llm.engine.model.config
     grammar = GrammarCompiler(llm.engine.tokenizer, config.vocab_size, config.eos_token_id).json_object()
     outputs = generate_chat(llm, [json_example(), json_example()], SamplingParams(temperature=0, max_tokens=40),
-                            grammar=grammar)
+                            grammars=[grammar, grammar])
     assert outputs[0].text == outputs[1].text   # greedy
     assert outputs[0].text.startswith("{")
     if outputs[0].finish_reason == "stop":

@@ -93,7 +93,9 @@ def generation_figures(folder: Path, counts: dict[str, int], seed: int) -> dict:
     llm = LLM(folder, attention="sparse", dtype=torch.bfloat16)    # as `deepseek serve` runs it
     out = {}
     if counts.get("tool_call"):
-        out["tool_call"] = gen.tool_call_accuracy(llm, data.examples("tool_call", counts["tool_call"], "heldout", seed))
+        examples = data.examples("tool_call", counts["tool_call"], "heldout", seed)
+        out["tool_call"] = gen.tool_call_accuracy(llm, examples)     # as served: calls held to the schemas
+        out["tool_call_unconstrained"] = gen.tool_call_accuracy(llm, examples, constrained=False)
     if counts.get("json"):
         out["json"] = gen.json_accuracy(llm, data.examples("json", counts["json"], "heldout", seed))
     if counts.get("code"):

@@ -23,11 +23,12 @@ from collections import Counter
 from typing import Any, Sequence
 
 from deepseek.chat import parse_completion
+from deepseek.chat.call_grammar import compile_calls
 from deepseek.engine.grammar import GrammarCompiler
 from deepseek.engine.llm import LLM, Completion
 from deepseek.engine.request import Request
 from deepseek.engine.sampler import SamplingParams
-from deepseek.tokenizer import THINK_CLOSE
+from deepseek.tokenizer import DSML, THINK_CLOSE
 
 MAX_SAMPLES = 5
 PROMPT_TAIL = 200   # characters of the prompt a failure sample shows: the question, not the tools block
@@ -44,18 +45,26 @@ def prompt_ids(llm: LLM, prompt: str) -> tuple[int, ...]:
 
 
 def generate_chat(llm: LLM, examples: Sequence, params: SamplingParams, attention: str = "sparse",
-                  grammar=None) -> list[Completion]:
-    """Greedy-or-not completions of chat examples in one batch, optionally grammar-constrained.
+                  grammars: Sequence | None = None, after_token: int | None = None) -> list[Completion]:
+    """Greedy-or-not completions of chat examples in one batch, optionally grammar-constrained
+    (`grammars`: one per example, None for free text).
 
-    As in the server's chat route, a grammar starts after `</think>` for thinking-mode examples.
+    As in the server's chat route, a grammar starts after `after_token` if given (a tool call's
+    `｜DSML｜` trigger), else after `</think>` for thinking-mode examples, else at once.
     `LLM.generate` takes no grammar, so the requests are built here and run with `LLM.run`.
     """
     think_close = llm.engine.tokenizer.token_to_id(THINK_CLOSE)
+    grammars = grammars or [None] * len(examples)
     requests = [Request(f"eval-{i}", prompt_ids(llm, e.prompt), params, sparse=attention == "sparse",
-                        grammar=grammar,
-                        grammar_after_token=think_close if grammar is not None and e.thinking else None)
-                for i, e in enumerate(examples)]
+                        grammar=g, grammar_after_token=None if g is None else after_token
+                        if after_token is not None else think_close if e.thinking else None)
+                for i, (e, g) in enumerate(zip(examples, grammars))]
     return llm.run(requests)
+
+
+def _compiler(llm: LLM) -> GrammarCompiler:
+    config = llm.engine.model.config
+    return GrammarCompiler(llm.engine.tokenizer, config.vocab_size, config.eos_token_id)
 
 
 def _greedy(max_tokens: int) -> SamplingParams:
@@ -103,13 +112,22 @@ def score_tool_call(text: str, example) -> str:
     return "exact" if same_json(json.loads(call.arguments), expected["arguments"]) else "right_function"
 
 
-def tool_call_accuracy(llm: LLM, examples: Sequence, attention: str = "sparse", max_tokens: int = 160) -> dict:
+def tool_call_accuracy(llm: LLM, examples: Sequence, attention: str = "sparse", max_tokens: int = 160,
+                       constrained: bool = True) -> dict:
     """Greedy tool calls scored against the expected call.
 
+    `constrained` holds a call the model begins to the offered functions and their schemas, as the
+    server does under tool_choice "auto" (`chat.call_grammar`, from the first `｜DSML｜` token on);
+    whether to call, which function and what values stay the model's choice.
     `right_function` counts every completion that called the expected function (exact ones
     included), so 0 <= exact <= right_function <= n.
     """
-    outputs = generate_chat(llm, examples, _greedy(max_tokens), attention)
+    grammars, dsml = None, llm.engine.tokenizer.token_to_id(DSML)
+    if constrained:
+        compiler = _compiler(llm)
+        grammars = [compile_calls(compiler, [t["function"] for t in e.tools], dsml, after_trigger=True)
+                    for e in examples]
+    outputs = generate_chat(llm, examples, _greedy(max_tokens), attention, grammars, dsml)
     outcomes = [score_tool_call(out.text, e) for out, e in zip(outputs, examples)]
     counts = Counter(outcomes)
     failures = [{"outcome": o, "prompt_tail": e.prompt[-PROMPT_TAIL:], "output": out.text,
@@ -118,7 +136,7 @@ def tool_call_accuracy(llm: LLM, examples: Sequence, attention: str = "sparse", 
     n = len(examples)
     return {"n": n, "exact": counts["exact"], "right_function": counts["exact"] + counts["right_function"],
             "no_call": counts["no_call"], "malformed": counts["malformed"], "rate": _rate(counts["exact"], n),
-            "outcomes": dict(counts), "samples": failures[:MAX_SAMPLES]}
+            "constrained": constrained, "outcomes": dict(counts), "samples": failures[:MAX_SAMPLES]}
 
 
 # ----- JSON answers -----
@@ -145,11 +163,8 @@ def json_accuracy(llm: LLM, examples: Sequence, attention: str = "sparse", max_t
     `constrained` applies the grammar the server uses for response_format json_object; a
     constrained answer cut off by max_tokens is a JSON prefix and counts as not parsed.
     """
-    grammar = None
-    if constrained:
-        config = llm.engine.model.config
-        grammar = GrammarCompiler(llm.engine.tokenizer, config.vocab_size, config.eos_token_id).json_object()
-    outputs = generate_chat(llm, examples, _greedy(max_tokens), attention, grammar)
+    grammars = [_compiler(llm).json_object()] * len(examples) if constrained else None
+    outputs = generate_chat(llm, examples, _greedy(max_tokens), attention, grammars)
     answers = [parse_completion(out.text, e.thinking).content for out, e in zip(outputs, examples)]
     outcomes = [score_json(a, e.expected["keys"]) for a, e in zip(answers, examples)]
     counts = Counter(outcomes)

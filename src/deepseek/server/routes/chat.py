@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from deepseek.chat import ChatFormatError, continues_in_reasoning, encode_request
 from deepseek.engine.request import Request as EngineRequest
 from deepseek.engine.sampler import SamplingParams
+from deepseek.tokenizer import DSML
 
 from .. import auth
 from ..errors import APIError
@@ -75,19 +76,23 @@ def build_job(state: ServerState, body: ChatRequest, beta: bool, key) -> Job:
         prefix = messages.pop()
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     choice = body.tool_choice
-    grammar = tool_grammar(state, tools, choice, beta, parallel=body.parallel_tool_calls is not False)
-    if body.response_format is not None and body.response_format.type == "json_object" and grammar is None:
-        grammar = state.grammars.json_object()
+    tool = tool_grammar(state, tools, choice, beta, parallel=body.parallel_tool_calls is not False)
+    grammar, trigger = (tool.grammar, DSML if tool.after_dsml else None) if tool else (None, None)
+    if body.response_format is not None and body.response_format.type == "json_object" \
+            and (tool is None or tool.after_dsml):   # JSON mode wins over "auto": no calls then
+        grammar, trigger = state.grammars.json_object(), None
     try:
         prompt = encode_request(messages, None if choice == "none" else tools, None, thinking, prefix)
     except ChatFormatError as e:
         raise APIError(400, str(e), "messages") from e
     parse_thinking = continues_in_reasoning(prefix, thinking) if prefix is not None else thinking
+    if grammar is not None and trigger is None and parse_thinking:
+        trigger = "</think>"    # the answer's grammar starts after the reasoning
     ids = state.encode(prompt, "messages")
     request = EngineRequest(
         new_request_id(), ids, _sampling(body, route, thinking), sparse=route.sparse,
         salt=getattr(key, "cache_salt", b"") or b"", grammar=grammar,
-        grammar_after_token=state.token_id("</think>") if (grammar is not None and parse_thinking) else None)
+        grammar_after_token=state.token_id(trigger) if trigger else None)
     try:
         state.engine.validate(request)
     except ValueError as e:
