@@ -112,7 +112,7 @@ def test_an_api_error_is_shown_and_the_session_goes_on(chat):
 def test_tool_calls_are_shown_and_their_typed_results_sent_back(sdk):
     out, prompts = io.StringIO(), []
     named = {"type": "function", "function": {"name": "get_weather"}}
-    session = ChatSession(sdk, "deepseek-chat", {"max_tokens": 60, "temperature": 0, "tool_choice": named},
+    session = ChatSession(sdk, "deepseek-chat", {"max_tokens": 150, "temperature": 0, "tool_choice": named},
                           tools=[WEATHER], out=out, ask=lambda p: prompts.append(p) or '{"temp_c": 21}',
                           max_tool_rounds=1)
     session.send(USER[0]["content"])

@@ -59,7 +59,7 @@ def test_a_retried_tool_result_request_is_generated_and_charged_once(sdk_server,
     secret, key_id = new_key()
     direct = DeepSeek(api_key=secret, base_url=sdk_server.url, max_retries=0)
     first = direct.chat.completions.create(
-        model="deepseek-chat", messages=USER, tools=[WEATHER], max_tokens=60, temperature=0,
+        model="deepseek-chat", messages=USER, tools=[WEATHER], max_tokens=150, temperature=0,
         tool_choice={"type": "function", "function": {"name": "get_weather"}})
     call = first.choices[0].message.tool_calls[0]
     messages = [*USER, first.choices[0].message.to_dict(),

@@ -35,7 +35,7 @@ def test_streaming_gives_typed_chunks_reasoning_first_then_usage(sdk):
 
 
 def test_tool_call_and_tool_result_round_trip(sdk):
-    first = sdk.chat.completions.create(model="deepseek-chat", messages=USER, tools=[WEATHER], max_tokens=60,
+    first = sdk.chat.completions.create(model="deepseek-chat", messages=USER, tools=[WEATHER], max_tokens=150,
                                         tool_choice={"type": "function", "function": {"name": "get_weather"}},
                                         temperature=0)
     assert first.choices[0].finish_reason == "tool_calls"

@@ -92,7 +92,9 @@ def test_eval_reports_every_figure(trained, tmp_path):
         assert language[kind]["ppl_dense"] > 1 and "fp8_over_bf16" in language[kind]
     assert 0 < language["coverage"]["mean"] <= 1
     assert language["copying"]["loss_first"] > 0 and language["copying"]["loss_repeat"] > 0
-    assert set(figures["generation"]) == {"tool_call", "json", "code"}
+    assert set(figures["generation"]) == {"tool_call", "tool_call_unconstrained", "json", "code"}
+    generation = figures["generation"]
+    assert generation["tool_call"]["constrained"] and not generation["tool_call_unconstrained"]["constrained"]
 
 
 @pytest.fixture(scope="module")
