@@ -127,3 +127,16 @@ def test_tool_calls_are_shown_and_their_typed_results_sent_back(sdk):
 
 def test_model_text_cannot_drive_the_terminal():
     assert printable("ok\x1b]0;pwned\x07\tend\n") == "ok\\x1b]0;pwned\\x07\tend\n"
+
+
+def test_a_tool_call_cut_off_by_max_tokens_is_not_run(sdk):
+    out, prompts = io.StringIO(), []
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    session = ChatSession(sdk, "deepseek-chat", {"max_tokens": 45, "temperature": 0, "tool_choice": named},
+                          tools=[WEATHER], out=out, ask=lambda p: prompts.append(p) or "{}")
+    session.send(USER[0]["content"])
+    shown = out.getvalue()
+    assert "finish length" in shown and "cut off before it was complete: not run" in shown
+    assert prompts == [] and "→ tool call" not in shown
+    assert [m["role"] for m in session.history] == ["user", "assistant"]
+    assert "tool_calls" not in session.history[1] and session.history[1]["content"]

@@ -163,9 +163,13 @@ class ChatSession:
         message = {"role": "assistant", "content": "".join(content) or None}
         if reasoning:   # DeepSeek needs it sent back on turns with tool calls; ignored otherwise
             message["reasoning_content"] = "".join(reasoning)
-        if calls:
+        if calls and finish == "tool_calls":
             message["tool_calls"] = [calls[i] for i in sorted(calls)]
         self._footer(message, finish, usage)
+        if calls and finish != "tool_calls":
+            # Cut off (max_tokens) mid-call: the server ends such an answer with its raw text as
+            # content, and the streamed arguments are incomplete JSON that no tool could run.
+            self.write(self.style.dim("(the tool call was cut off before it was complete: not run)") + "\n")
         return message
 
     def _footer(self, message: dict, finish, usage) -> None:
