@@ -55,9 +55,16 @@ def generate_chat(llm: LLM, examples: Sequence, params: SamplingParams, attentio
     """
     think_close = llm.engine.tokenizer.token_to_id(THINK_CLOSE)
     grammars = grammars or [None] * len(examples)
+
+    def trigger(example, grammar) -> int | None:
+        if grammar is None:
+            return None
+        if after_token is not None:
+            return after_token
+        return think_close if example.thinking else None
+
     requests = [Request(f"eval-{i}", prompt_ids(llm, e.prompt), params, sparse=attention == "sparse",
-                        grammar=g, grammar_after_token=None if g is None else after_token
-                        if after_token is not None else think_close if e.thinking else None)
+                        grammar=g, grammar_after_token=trigger(e, g))
                 for i, (e, g) in enumerate(zip(examples, grammars))]
     return llm.run(requests)
 
