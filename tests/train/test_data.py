@@ -11,11 +11,12 @@ import textwrap
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from deepseek.chat import encode_messages, parse_completion
 from deepseek.tokenizer import ASSISTANT, BOS, EOS, THINK_CLOSE, THINK_OPEN
 from deepseek.train import conversations, data
-from deepseek.train.synthetic import VERBS, split_of, text, tools
+from deepseek.train.synthetic import PARAMS, VERBS, made_up_value, split_of, text, tools
 
 N = 500  # per kind and split
 
@@ -184,6 +185,55 @@ def test_made_up_names_take_their_share_of_training_only_and_change_nothing_else
     # held-out examples never change, and neither do the training ones of other kinds
     assert data.examples(kind, 50, "heldout", seed=7, invented=0.5) == generated[kind, "heldout"][:50]
     assert data.examples("qa", 50, "train", seed=7, invented=0.5) == generated["qa", "train"][:50]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_made_up_values_have_the_schema_type_and_come_from_no_pool(seed):
+    """A made-up argument value (`synthetic.made_up_value`) can only be copied from the request:
+    nothing in training pairs it with its key. Enums and flags keep their own values; dates and
+    times keep their shape, so one may happen to fall on a pooled date."""
+    python_type = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
+    rng = random.Random(seed)
+    for param in PARAMS.values():
+        pool = {param.sample(random.Random(i)) for i in range(200)}
+        value = made_up_value(param, rng)
+        assert isinstance(value, python_type[param.type]), (param.key, value)
+        if param.enum or param.type == "boolean":
+            assert value in (param.enum or (True, False))
+        elif param.type == "string" and param.key not in ("date", "time"):
+            assert value not in pool, (param.key, value)
+            assert value.strip() == value and value
+
+
+def test_made_up_values_are_drawn_in_training_only(generated):
+    pools = {key: {param.sample(random.Random(i)) for i in range(300)} for key, param in PARAMS.items()
+             if param.type == "string" and not param.enum and key not in ("date", "time")}
+
+    made_up = [value in pools[key] for e in generated["tool_call", "made_up"]
+               for key, value in e.expected["arguments"].items() if key in pools]
+    assert len(made_up) > 100 and not any(made_up)
+    # held-out requests are the same whatever the training share of made-up examples
+    assert data.examples("tool_call", N, "heldout", seed=7, invented=1.0) == generated["tool_call", "heldout"]
+
+
+@pytest.mark.parametrize("kind", ["tool_call", "json"])
+def test_copy_sources_point_from_where_the_reply_writes_an_item_to_where_the_prompt_spells_it(generated, kind):
+    """Tool calls copy the function name from the tool list and every non-boolean value from the
+    user's message; JSON replies copy each asked key from it."""
+    for e in every(generated, [kind]):
+        sources = data.copy_sources(e)
+        if kind == "tool_call":
+            items = [e.expected["name"]] + [text(v) for v in e.expected["arguments"].values()
+                                            if not isinstance(v, bool)]
+        else:
+            items = list(e.expected["keys"])
+        assert len(sources) == len(items), (items, sources)
+        assert [r for r, _ in sources] == sorted(r for r, _ in sources)
+        user_at = e.prompt.rfind(user_texts(e)[-1])
+        for (at_reply, at_prompt), item in zip(sources, items):
+            assert e.completion.startswith(item, at_reply) and e.prompt.startswith(item, at_prompt)
+            assert at_prompt >= user_at or item == e.expected.get("name")    # names: in the tool list
 
 
 @pytest.mark.parametrize("kind", data.KINDS)

@@ -121,6 +121,30 @@ def test_post_training_windows_hold_whole_conversations_and_mask_only_replies(sm
         assert "<｜User｜>" not in replies and "## Tools" not in replies
 
 
+def test_post_training_weighs_the_first_token_of_each_copied_item_more(small_tokenizer):
+    from deepseek.tokenizer import BOS, EOS
+    from deepseek.train import corpus
+
+    tokenizer = small_tokenizer
+    bos = tokenizer.token_to_id(BOS)
+    tokens, weights = corpus.build_sft_windows(tokenizer, "train", 8, 1025, 3, tokenizer.token_to_id(EOS), 0.5)
+    assert set(weights.unique().tolist()) == {0, 1, corpus.COPY_WEIGHT}
+    heavy = (weights == corpus.COPY_WEIGHT).nonzero().tolist()
+    calls = keys = 0
+    for row, at in heavy:
+        window = tokens[row].tolist()
+        start = max(i for i in range(at) if window[i] == bos)             # the conversation's first token
+        before = tokenizer.decode(window[start:at], skip_special_tokens=False)
+        first = tokenizer.decode([window[at]], skip_special_tokens=False).lstrip(' "=>')
+        # a reply token that copies: it writes what the conversation's prompt already spelled
+        assert weights[row, at - 1] > 0 or before.endswith("<｜Assistant｜>")
+        assert first and first in before.split("<｜Assistant｜>")[0], (first, before[-200:])
+        calls += "invoke name=" in before[-16:]
+    replies = tokenizer.decode(tokens[weights > 0].tolist(), skip_special_tokens=False)
+    assert calls == replies.count("invoke name=") > 0                     # every called function's name
+    assert len(heavy) > 2 * calls                                         # and the values and keys
+
+
 def test_post_training_windows_call_made_up_tools_when_the_recipe_asks(small_tokenizer):
     from deepseek.tokenizer import EOS
     from deepseek.train import corpus

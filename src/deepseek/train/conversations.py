@@ -141,7 +141,7 @@ def _call(rng: random.Random, name: str, arguments: dict) -> dict:
 
 def tool_call(rng: random.Random, split: str, invented: float = 0.0) -> Chat:
     target, offered = _offer(rng, split, invented)
-    args = world.arguments(rng, target)
+    args = world.arguments(rng, target, made_up(rng, split, invented))
     user = user_turn(_request(rng, target, args, split))
     reply = {"role": "assistant", "content": None, "tool_calls": [_call(rng, target.name, args)]}
     return Chat(system_turn(rng, 0.3) + (user,), reply, offered, {"name": target.name, "arguments": args})
@@ -149,7 +149,7 @@ def tool_call(rng: random.Random, split: str, invented: float = 0.0) -> Chat:
 
 def tool_answer(rng: random.Random, split: str, invented: float = 0.0) -> Chat:
     target, offered = _offer(rng, split, invented)
-    args = world.arguments(rng, target)
+    args = world.arguments(rng, target, made_up(rng, split, invented))
     call = _call(rng, target.name, args)
     found = world.result(rng, target, args)
     messages = system_turn(rng, 0.3) + (

@@ -14,12 +14,13 @@ import hashlib
 import json
 import os
 import random
+import re
 import textwrap
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Callable
 
-from deepseek.chat.dsml import render_tool_calls
+from deepseek.chat.dsml import json_text, render_tool_calls
 from deepseek.chat.encoding import encode_request
 from deepseek.tokenizer import EOS, THINK_CLOSE
 
@@ -99,6 +100,37 @@ def completion(reply: dict, thinking: bool) -> str:
              for call in reply.get("tool_calls") or []]
     reasoning = (reply.get("reasoning_content") or "") + THINK_CLOSE if thinking else ""
     return reasoning + (reply.get("content") or "") + (render_tool_calls(calls) if calls else "") + EOS
+
+
+def copy_sources(example: Example) -> list[tuple[int, int]]:
+    """Where the reply copies from the prompt: (offset in `completion` where a copied item starts,
+    offset in `prompt` where the model can read it), in reply order.
+
+    Tool calls copy the function's name from the function list and each argument value that the
+    user's message spells out as a whole word; JSON replies copy each requested key from the user's
+    message. Values the user only implies (a boolean, a class they named differently) have no source."""
+    reply, prompt, cursor, found = example.completion, example.prompt, 0, []
+    user = example.messages[-1]["content"]
+    user_at = prompt.rfind(user) if isinstance(user, str) else -1
+    if example.kind == "tool_call" and example.expected:
+        name = example.expected["name"]
+        cursor = reply.index(f'invoke name="{name}"') + len('invoke name="')
+        source = prompt.find(f'"name": "{name}"')
+        if source >= 0:
+            found.append((cursor, source + len('"name": "')))
+        for key, value in example.expected["arguments"].items():
+            cursor = reply.index(">", reply.index(f'parameter name="{key}"', cursor)) + 1
+            text = value if isinstance(value, str) else None if isinstance(value, bool) else json_text(value)
+            word = re.search(rf"(?<!\w){re.escape(text)}(?!\w)", user) if text and user_at >= 0 else None
+            if word:
+                found.append((cursor, user_at + word.start()))
+    elif example.kind == "json" and user_at >= 0:
+        for key in example.expected["keys"]:
+            cursor = reply.index(f'"{key}":', cursor) + 1
+            word = re.search(rf"(?<!\w){re.escape(key)}(?!\w)", user)
+            if word:
+                found.append((cursor, user_at + word.start()))
+    return found
 
 
 # --- code: the standard library ----------------------------------------------------------------

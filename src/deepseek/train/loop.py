@@ -83,8 +83,8 @@ def balance_experts(model: Transformer, loads: list[torch.Tensor], rate: float =
 
 
 def stage_loss(model: Transformer, stage: Stage, batch) -> tuple[torch.Tensor, dict, list[torch.Tensor]]:
-    """The stage's loss on a batch of windows [B, S+1] (or windows and their answer mask), the
-    figures to log, and the tokens each expert of each MoE layer received."""
+    """The stage's loss on a batch of windows [B, S+1] (or windows and their per-token loss weights),
+    the figures to log, and the tokens each expert of each MoE layer received."""
     batch, mask = batch if isinstance(batch, tuple) else (batch, None)
     inputs, targets = batch[:, :-1], batch[:, 1:]
     weights = mask[:, 1:] if mask is not None else None

@@ -14,7 +14,8 @@
    conversations (tool calls, tool answers, JSON, Q&A, thinking) with the loss counted on the
    assistant's replies alone, the rest pre-training text (without it the model forgot how to write
    code and answered everything with a DSML call). In half the tool and JSON conversations the tool
-   names or JSON keys are made up (`sft_invented`), so they can only be copied, not recalled.
+   names, argument values or JSON keys are made up (`sft_invented`), so they can only be copied,
+   not recalled, and each reply token that starts a copied item weighs `corpus.COPY_WEIGHT` in the loss.
 4. **mtp**: the main model frozen (running sparse); the MTP layer learns token t+2, and its own
    indexer the dense KL.
 5. **export**: the official checkpoint format, FP8 block-quantized weights, plus a bf16 copy that the
@@ -213,7 +214,7 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
 
 
 def sft_windows(recipe: Recipe, tokenizer, work: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The post-training windows and their answer masks, made once."""
+    """The post-training windows and their loss weights (`corpus.build_sft_windows`), made once."""
     steps = sum(s.steps for s in recipe.stages if s.sft)
 
     def make() -> dict[str, torch.Tensor]:

@@ -422,14 +422,56 @@ def _tool(rng: random.Random, verb: str, noun: Noun) -> Tool:
     return Tool(verb, noun, tuple(PARAMS[key] for key in keys), tuple(required))
 
 
-def arguments(rng: random.Random, tool: Tool) -> dict:
-    """Values for the required parameters and some optional ones, in schema order, all distinct."""
+def _words(lo: int, hi: int, capital: bool = False) -> Sampler:
+    return lambda r: " ".join(w.capitalize() if capital else w for w in (invented_word(r) for _ in range(r.randint(lo, hi))))
+
+
+def _made_up_code(r: random.Random) -> str:
+    prefix = "".join(r.choices(string.ascii_uppercase, k=r.randint(1, 4)))
+    return prefix + r.choice(("-", "")) + "".join(r.choices(string.digits, k=r.randint(3, 8)))
+
+
+# Values with nothing to recall: a model trained on them can only copy them from the request. With
+# pooled values alone, the model wrote each key's usual value ("2026", "BK-", "Maria")
+# instead of the one in the request.
+MADE_UP: dict[str, Sampler] = {
+    "string": _words(1, 2),
+    "integer": integer(1, 999),
+    "number": money(1, 99_999),
+    "date": lambda r: f"{r.randint(1900, 2099)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}",
+    "time": lambda r: f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}",
+    "city": _words(1, 2, capital=True), "origin": _words(1, 2, capital=True),
+    "destination": _words(1, 2, capital=True), "name": _words(2, 2, capital=True),
+    "artist": _words(1, 2, capital=True),
+    "title": _words(1, 3), "subject": _words(1, 3), "message": _words(2, 4), "text": _words(2, 4),
+    "symbol": lambda r: "".join(r.choices(string.ascii_uppercase, k=r.randint(2, 5))),
+    "username": lambda r: f"{invented_word(r)}{r.randint(1, 999)}",
+    "timezone": lambda r: f"{invented_word(r).capitalize()}/{invented_word(r).capitalize()}",
+    "path": lambda r: f"/{invented_word(r)}/{invented_word(r)}/{invented_word(r)}.{r.choice(('txt', 'csv', 'json', 'md', 'log', 'py'))}",
+}
+_EMAIL_KEYS = ("email", "customer_email", "recipient", "attendee")
+
+
+def made_up_value(param: Param, r: random.Random) -> Any:
+    """A value of `param`'s type and shape that no pool holds (enums and flags keep theirs)."""
+    if param.enum or param.type == "boolean":
+        return param.sample(r)
+    if param.key in _EMAIL_KEYS:
+        return f"{invented_word(r)}.{invented_word(r)}@{invented_word(r)}.{r.choice(('com', 'org', 'net', 'io'))}"
+    if param.key.endswith(("_id", "_number")):
+        return _made_up_code(r)
+    return MADE_UP.get(param.key, MADE_UP[param.type])(r)
+
+
+def arguments(rng: random.Random, tool: Tool, made_up: bool = False) -> dict:
+    """Values for the required parameters and some optional ones, in schema order, all distinct.
+    `made_up`: values from `made_up_value`, not the pools."""
     out, seen = {}, set()
     for param in tool.params:
         if param.key in tool.required or rng.random() < 0.5:
-            value = param.sample(rng)
+            value = made_up_value(param, rng) if made_up else param.sample(rng)
             while param.type == "string" and value in seen and not param.enum:
-                value = param.sample(rng)
+                value = made_up_value(param, rng) if made_up else param.sample(rng)
             out[param.key] = value
             seen.add(value)
     return out
