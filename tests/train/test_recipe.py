@@ -130,7 +130,7 @@ def test_post_training_weighs_the_first_token_of_each_copied_item_more(small_tok
     tokens, weights = corpus.build_sft_windows(tokenizer, "train", 8, 1025, 3, tokenizer.token_to_id(EOS), 0.5)
     assert set(weights.unique().tolist()) == {0, 1, corpus.COPY_WEIGHT}
     heavy = (weights == corpus.COPY_WEIGHT).nonzero().tolist()
-    calls = keys = 0
+    calls = 0
     for row, at in heavy:
         window = tokens[row].tolist()
         start = max(i for i in range(at) if window[i] == bos)             # the conversation's first token

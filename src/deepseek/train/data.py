@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Callable
 
-from deepseek.chat.dsml import json_text, render_tool_calls
+from deepseek.chat.dsml import render_tool_calls
 from deepseek.chat.encoding import encode_request
 from deepseek.tokenizer import EOS, THINK_CLOSE
 
 from . import conversations, questions
 from .conversations import Chat
+from .synthetic import text as spelled
 
 KINDS = ("tool_call", "tool_answer", "json", "qa", "thinking")
 SPLITS = ("train", "heldout")
@@ -112,6 +113,12 @@ def copy_sources(example: Example) -> list[tuple[int, int]]:
     reply, prompt, cursor, found = example.completion, example.prompt, 0, []
     user = example.messages[-1]["content"]
     user_at = prompt.rfind(user) if isinstance(user, str) else -1
+
+    def from_user(at: int, item: str) -> None:     # the item's first whole-word occurrence there
+        word = re.search(rf"(?<!\w){re.escape(item)}(?!\w)", user) if item else None
+        if word:
+            found.append((at, user_at + word.start()))
+
     if example.kind == "tool_call" and example.expected:
         name = example.expected["name"]
         cursor = reply.index(f'invoke name="{name}"') + len('invoke name="')
@@ -120,16 +127,12 @@ def copy_sources(example: Example) -> list[tuple[int, int]]:
             found.append((cursor, source + len('"name": "')))
         for key, value in example.expected["arguments"].items():
             cursor = reply.index(">", reply.index(f'parameter name="{key}"', cursor)) + 1
-            text = value if isinstance(value, str) else None if isinstance(value, bool) else json_text(value)
-            word = re.search(rf"(?<!\w){re.escape(text)}(?!\w)", user) if text and user_at >= 0 else None
-            if word:
-                found.append((cursor, user_at + word.start()))
+            if user_at >= 0 and not isinstance(value, bool):
+                from_user(cursor, spelled(value))
     elif example.kind == "json" and user_at >= 0:
         for key in example.expected["keys"]:
             cursor = reply.index(f'"{key}":', cursor) + 1
-            word = re.search(rf"(?<!\w){re.escape(key)}(?!\w)", user)
-            if word:
-                found.append((cursor, user_at + word.start()))
+            from_user(cursor, key)
     return found
 
 

@@ -13,7 +13,7 @@ import hashlib
 import random
 import string
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable, NamedTuple
 
 from deepseek.chat.dsml import json_text
@@ -440,9 +440,8 @@ MADE_UP: dict[str, Sampler] = {
     "number": money(1, 99_999),
     "date": lambda r: f"{r.randint(1900, 2099)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}",
     "time": lambda r: f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}",
-    "city": _words(1, 2, capital=True), "origin": _words(1, 2, capital=True),
-    "destination": _words(1, 2, capital=True), "name": _words(2, 2, capital=True),
-    "artist": _words(1, 2, capital=True),
+    **dict.fromkeys(("city", "origin", "destination", "artist"), _words(1, 2, capital=True)),
+    "name": _words(2, 2, capital=True),
     "title": _words(1, 3), "subject": _words(1, 3), "message": _words(2, 4), "text": _words(2, 4),
     "symbol": lambda r: "".join(r.choices(string.ascii_uppercase, k=r.randint(2, 5))),
     "username": lambda r: f"{invented_word(r)}{r.randint(1, 999)}",
@@ -469,9 +468,10 @@ def arguments(rng: random.Random, tool: Tool, made_up: bool = False) -> dict:
     out, seen = {}, set()
     for param in tool.params:
         if param.key in tool.required or rng.random() < 0.5:
-            value = made_up_value(param, rng) if made_up else param.sample(rng)
+            draw = partial(made_up_value, param) if made_up else param.sample
+            value = draw(rng)
             while param.type == "string" and value in seen and not param.enum:
-                value = made_up_value(param, rng) if made_up else param.sample(rng)
+                value = draw(rng)
             out[param.key] = value
             seen.add(value)
     return out
