@@ -145,16 +145,30 @@ def test_post_training_weighs_the_first_token_of_each_copied_item_more(small_tok
     assert len(heavy) > 2 * calls                                         # and the values and keys
 
 
-def test_post_training_windows_call_made_up_tools_when_the_recipe_asks(small_tokenizer):
+def _sft_windows(tokenizer, invented: float) -> torch.Tensor:
     from deepseek.tokenizer import EOS
     from deepseek.train import corpus
+
+    return corpus.build_sft_windows(tokenizer, "train", 12, 1025, 3, tokenizer.token_to_id(EOS), invented)[0]
+
+
+def _pretraining_windows(tokenizer, invented: float) -> torch.Tensor:
+    from deepseek.train import corpus
+
+    mixture = corpus.Mixture(tokens=12 * 1025, code_share=0.0, seed=3, chat_weights=(("tool_call", 1.0),),
+                             invented=invented)
+    return corpus.build_windows(tokenizer, "train", mixture, 1025)
+
+
+@pytest.mark.parametrize("windows", [_sft_windows, _pretraining_windows], ids=["sft", "pretraining"])
+def test_training_windows_call_made_up_tools_when_the_recipe_asks(small_tokenizer, windows):
     from deepseek.train.synthetic import tools
 
     tokenizer = small_tokenizer
     known = {tool.name for split in ("train", "heldout") for tool in tools(split)}
 
     def called(invented: float) -> set[str]:
-        tokens, _ = corpus.build_sft_windows(tokenizer, "train", 12, 1025, 3, tokenizer.token_to_id(EOS), invented)
+        tokens = windows(tokenizer, invented)
         return set(re.findall(r'invoke name="(\w+)"', tokenizer.decode(tokens.flatten().tolist(), skip_special_tokens=False)))
 
     made_up, recalled = called(0.5), called(0.0)

@@ -29,6 +29,7 @@ class Mixture:
     code_share: float
     seed: int
     chat_weights: tuple = ()     # (kind, weight) pairs for the conversations; () = data.DEFAULT_WEIGHTS
+    invented: float = 0.0        # share of tool and JSON conversations with made-up names (`data.examples`)
 
 
 def code_document(text: str) -> str:
@@ -77,10 +78,11 @@ def _code_documents(tokenizer, split: str, budget: int, rng: random.Random) -> l
 
 
 def _chat_documents(tokenizer, split: str, budget: int, seed: int,
-                    weights: dict[str, float] | None = None) -> list[list[int]]:
+                    weights: dict[str, float] | None = None, invented: float = 0.0) -> list[list[int]]:
     docs, total, batch = [], 0, 0
     while total < budget:
-        for ids in _encode(tokenizer, [chat_document(e) for e in data.mixture(2000, split, seed * 1000 + batch, weights)]):
+        examples = data.mixture(2000, split, seed * 1000 + batch, weights, invented)
+        for ids in _encode(tokenizer, [chat_document(e) for e in examples]):
             docs.append(ids)
             total += len(ids)
         batch += 1
@@ -117,7 +119,7 @@ def build_windows(tokenizer, split: str, mixture: Mixture, length: int) -> torch
     code = _code_documents(tokenizer, split, int(mixture.tokens * mixture.code_share), rng)
     code_tokens = sum(map(len, code))
     chat = _chat_documents(tokenizer, split, max(0, mixture.tokens - code_tokens), mixture.seed,
-                           dict(mixture.chat_weights) if mixture.chat_weights else None)
+                           dict(mixture.chat_weights) if mixture.chat_weights else None, mixture.invented)
     return pack(code, chat, length, rng)
 
 

@@ -74,6 +74,8 @@ class Recipe:
     # same sparse checkpoint, post-training with 0.5 against none: held-out tool calls to the right
     # function 9/200 against 0/200, JSON answers with the asked keys 30% against 22%.
     sft_invented: float = 0.0
+    # The same share for the pre-training conversations.
+    pretrain_invented: float = 0.0
 
     def config(self) -> dict:
         return {**preset_config(self.preset), **dict(self.overrides)}
@@ -171,7 +173,7 @@ def train(recipe: Recipe, work: Path, out: Path | None = None, progress: bool = 
     tokenizer = corpus.build_tokenizer(work, recipe.config()["vocab_size"],
                                        recipe.config()["max_position_embeddings"], recipe.seed)
     mixture = corpus.Mixture(tokens=recipe.tokens, code_share=recipe.code_share, seed=recipe.seed,
-                             chat_weights=recipe.chat_weights)
+                             chat_weights=recipe.chat_weights, invented=recipe.pretrain_invented)
     windows = corpus.cached_tensors(work / "train_windows.safetensors", lambda: {"tokens": corpus.build_windows(
         tokenizer, "train", mixture, recipe.context + 1)})["tokens"].long()
     sft = sft_windows(recipe, tokenizer, work)
