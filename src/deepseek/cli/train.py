@@ -21,10 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from deepseek.engine.engine import keep_freed_memory
     from deepseek.train.recipe import RECIPES, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Keep activations' memory between steps (glibc): on 2 cores a dense step took 6.2 s without
+    # this, 3.2 s with it.
+    keep_freed_memory(block=1 << 30, keep=(1 << 31) - 1)
     summary = train(RECIPES[args.recipe], args.work_dir, args.out, device=args.device)
     print(json.dumps(summary, indent=2))
     return 0
