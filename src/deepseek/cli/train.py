@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    # Keep activations' memory between steps (glibc): on 2 cores a dense step took 6.2 s without
-    # this, 3.2 s with it.
+    # Keep activations' memory between steps (glibc): on 2 cores a dense nano step took 6.6 s
+    # without this, 3.1 s with it (README, "The default model").
     keep_freed_memory(block=1 << 30, keep=(1 << 31) - 1)
     summary = train(RECIPES[args.recipe], args.work_dir, args.out, device=args.device)
     print(json.dumps(summary, indent=2))

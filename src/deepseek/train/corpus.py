@@ -29,7 +29,7 @@ class Mixture:
     code_share: float
     seed: int
     chat_weights: tuple = ()     # (kind, weight) pairs for the conversations; () = data.DEFAULT_WEIGHTS
-    invented: float = 0.0        # share of tool and JSON conversations with made-up names (`data.examples`)
+    invented: float = 0.0        # share of tool and JSON conversations made up (`data.examples`)
 
 
 def code_document(text: str) -> str:
